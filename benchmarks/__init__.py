@@ -1,0 +1,1 @@
+"""Benchmarks: latency, throughput and accuracy, recorded in benchmarks/results/."""

@@ -1,0 +1,1 @@
+"""Export stage: checkpoints -> ONNX / ONNX INT8 / OpenVINO / TensorRT artifacts with model cards."""

@@ -1,0 +1,3 @@
+from patchdet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The model card: everything the runtime needs to use an exported artifact.
+
+A card travels twice with every artifact: as a JSON file beside it
+(``model.onnx`` -> ``model.card.json``) and inside the artifact itself
+(ONNX ``metadata_props`` key ``patchdet.card``, OpenVINO ``rt_info``
+``patchdet/card``). The runtime needs nothing else: no checkpoint, no torch.
+
+Head kinds and the graph outputs they promise (all float32, batch first):
+
+- ``modulus`` (DisCNN, N2O loss): ``embedding`` [N, D], ``score`` [N] = L2 norm
+  of the embedding. A patch is positive when ``score > threshold``.
+- ``cosine`` (POD loss): ``embedding`` [N, D], ``cosine`` [N, K] cosine to each
+  class centroid, ``norm`` [N] latent norm, ``score`` [N] = max cosine.
+  Predicted class = argmax cosine; ``norm < norm_gate`` means background/unknown.
+- ``softmax`` (cross-entropy baselines): ``logits`` [N, K], ``probs`` [N, K],
+  ``score`` [N] = max probability.
+
+Dense artifacts (``dense=True``) take a whole frame [1, 3, H, W] and return
+the same outputs as maps: ``score`` [1, Hs, Ws], with window (i, j) covering
+pixels ``x0 = j * dense_stride``, ``y0 = i * dense_stride`` of size ``input_wh``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FORMAT = "patchdet-model-card"
+CARD_VERSION = 1
+CARD_METADATA_KEY = "patchdet.card"
+HEAD_KINDS = ("modulus", "cosine", "softmax")
+CARD_SUFFIX = ".card.json"
+
+
+class ModelCardError(ValueError):
+    """A model card is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Self-description of one exported artifact.
+
+    Attributes:
+        name: Human name of the model, e.g. ``discnn8-automobile``.
+        arch: Registered architecture name, e.g. ``discnn8``.
+        head: One of ``HEAD_KINDS``.
+        input_wh: Patch size the model takes, (width, height) in pixels.
+        mean: Per-channel mean in [0, 1] units, RGB order, subtracted after /255.
+        std: Per-channel std in [0, 1] units, RGB order.
+        class_names: Class names; for ``modulus`` heads the positive class is
+            the only class the model scores (``[positive_class]``).
+        positive_class: The class a ``modulus`` model detects; ``None`` otherwise.
+        threshold: Recommended decision threshold on ``score``.
+        thresholds: Other named operating points, e.g. ``{"paper": 1.0}``.
+        centroids: POD class centroids [K][D] (``cosine`` heads only).
+        norm_gate: Latent norm below which a ``cosine`` head says "background".
+        background_class: Name of a background class among ``class_names``, if any.
+        dense: True when the artifact is the fully-convolutional variant.
+        dense_stride: Pixel step between windows of a dense score map.
+        outputs: Graph output names in order.
+        color_order: ``RGB``: the runtime converts OpenCV's BGR frames.
+        training: Summary of the training data and run.
+        source: Where the weights came from (checkpoint path, sha256).
+        export: Export settings (format, precision, opset, calibration).
+        parity: Results of the parity check against PyTorch.
+        versions: Package versions at export time.
+    """
+
+    name: str
+    arch: str
+    head: str
+    input_wh: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...]
+    positive_class: str | None = None
+    threshold: float = 0.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    centroids: tuple[tuple[float, ...], ...] | None = None
+    norm_gate: float = 0.0
+    background_class: str | None = None
+    dense: bool = False
+    dense_stride: int = 16
+    outputs: tuple[str, ...] = ("embedding", "score")
+    color_order: str = "RGB"
+    training: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_KINDS:
+            raise ModelCardError(f"model card head {self.head!r} is unknown: expected one of {', '.join(HEAD_KINDS)}")
+        if len(self.input_wh) != 2 or min(self.input_wh) <= 0:
+            raise ModelCardError(f"model card input_wh {self.input_wh!r} is invalid: expected two positive integers")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ModelCardError(f"model card mean/std {self.mean!r}/{self.std!r} invalid: expected 3 values, std > 0")
+        if not self.class_names:
+            raise ModelCardError("model card has no class_names")
+        if self.head == "modulus" and self.positive_class is None:
+            raise ModelCardError("model card with a modulus head must name its positive_class")
+        if self.head == "cosine":
+            if self.centroids is None:
+                raise ModelCardError("model card with a cosine head must carry its centroids")
+            if len(self.centroids) != len(self.class_names):
+                raise ModelCardError(
+                    f"model card has {len(self.centroids)} centroids for {len(self.class_names)} classes"
+                )
+        if self.dense_stride <= 0:
+            raise ModelCardError(f"model card dense_stride {self.dense_stride} is invalid: expected > 0")
+
+    # -- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data = {"format": CARD_FORMAT, "version": CARD_VERSION, **data}
+        return json.loads(json.dumps(data))  # tuples -> lists, plain JSON types only
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if data.get("format") != CARD_FORMAT:
+            raise ModelCardError(f"not a patchdet model card (format={data.get('format')!r})")
+        if int(data.get("version", 0)) > CARD_VERSION:
+            raise ModelCardError(
+                f"model card version {data.get('version')} is newer than this runtime understands ({CARD_VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ModelCardError(f"model card is missing required fields: {', '.join(missing)}")
+        for key in ("input_wh", "mean", "std", "class_names", "outputs"):
+            if key in kwargs and kwargs[key] is not None:
+                kwargs[key] = tuple(kwargs[key])
+        if kwargs.get("centroids") is not None:
+            kwargs["centroids"] = tuple(tuple(float(v) for v in row) for row in kwargs["centroids"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelCardError(f"model card is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelCardError("model card is not a JSON object")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+
+def card_path_for(artifact: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` -> ``model.card.json`` (also for ``model.xml``, ``model.engine``)."""
+    path = Path(artifact)
+    return path.with_name(path.stem + CARD_SUFFIX)
+
+
+def write_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
+    """Write a card as JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(card.to_json())
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_card(path: str | os.PathLike[str]) -> ModelCard:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelCardError(f"model card {path} does not exist") from None
+    return ModelCard.from_json(text)

@@ -1,0 +1,1 @@
+"""Losses, one small module each; ``LOSSES`` maps config names to builders."""
