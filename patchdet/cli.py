@@ -23,7 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
-    "bench": ("benchmarks.cli", "measure latency, throughput and accuracy of exported artifacts"),
 }
 
 

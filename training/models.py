@@ -97,15 +97,19 @@ class DisCNN(nn.Module):
     def embedding_dim(self) -> int:
         return self.fc_features[-1]
 
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """The last FC layer's output before the final ReLU (used by the N2O loss)."""
-        h = self.features(x).flatten(1)
-        for layer in list(self.classifier)[:5]:
-            h = layer(h)
-        return h
+    def forward(self, x: torch.Tensor, return_pre_activation: bool = False):
+        """Embedding [N, D]; with ``return_pre_activation`` also the last FC output before its ReLU.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        The N2O loss needs the pre-activation: a positive patch whose outputs are
+        all clipped to zero would otherwise receive no gradient at all. It is a
+        forward() argument (not a separate method) so that DDP syncs gradients.
+        """
+        h = self.features(x).flatten(1)
+        if not return_pre_activation:
+            return self.classifier(h)
+        z = self.classifier[:5](h)
+        f = self.classifier[5](z) if self.nonnegative_output else z
+        return f, z
 
 
 @register_model("discnn8")

@@ -1,0 +1,129 @@
+"""Frozen dataclass configs: defaults -> YAML file -> command-line overrides.
+
+Every stage keeps one frozen dataclass (``TrainConfig``, ``ExportConfig``,
+``DetectConfig``); this module resolves it and writes the resolved copy next
+to a run or artifact. Unknown keys and ill-typed values raise, naming the key;
+nothing a user typed is rewritten silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert YAML/CLI values to the field's declared type (tuples from lists, etc.)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None:
+        if annotation is type(None) or (args and type(None) in args) or annotation is Any:
+            return None
+        raise ValueError(f"config key {name!r} must not be empty")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, option)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"config key {name!r}: bad value {value!r}")
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
+        return build_config(annotation, **value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in items)
+        if len(items) != len(args):
+            raise ValueError(f"config key {name!r} expects {len(args)} values, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(items, args))
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"config key {name!r} expects true/false, got {value!r}")
+    if annotation in (int, float):
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {name!r} expects a number, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"config key {name!r} expects an integer, got {value!r}")
+        return number
+    if annotation is str:
+        return str(value)
+    return value
+
+
+def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, **overrides: Any) -> C:
+    """Defaults of ``cls`` <- YAML mapping at ``yaml_path`` <- ``overrides`` (``None`` = not given)."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys to values")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}")
+    kwargs = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def write_config(config: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config_to_dict(config), fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def parse_key_values(items: list[str] | None) -> dict[str, Any]:
+    """``["scale=2", "mode=x"]`` -> ``{"scale": 2, "mode": "x"}`` (values parsed as YAML scalars)."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"option {item!r} is invalid: expected key=value")
+        key, raw = item.split("=", 1)
+        result[key.strip()] = yaml.safe_load(raw)
+    return result

@@ -1,0 +1,34 @@
+"""Shared fixtures: small generated image folders (never ../shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """Write ``classes[name]`` PNGs per class. Class "car"/"automobile" has a bright square, others noise."""
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
+            if name in ("car", "automobile", "truck"):
+                s = size // 4
+                image[s:3 * s, s:3 * s] = (40, 40, 250)
+            else:
+                image[:, :, index % 3] //= 2
+            cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", {"car": 24, "bird": 16, "cat": 16, "truck": 8, "deer": 8})

@@ -1,0 +1,86 @@
+"""The training stage's one config: ``TrainConfig`` (defaults -> YAML -> CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Standard light augmentation: horizontal flip and small random-resized crops."""
+
+    hflip: bool = True
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; written as ``config.yaml`` in the run folder.
+
+    Data: ``data`` is an ImageFolder tree (one folder per class) or
+    ``torchvision:CIFAR10`` / ``torchvision:STL10`` (downloaded into
+    ``download_root``; needs internet). Binary (DisCNN) runs name a
+    ``positive`` class and ``negatives``; multi-class runs name ``classes``
+    (default: every class folder). Validation uses ``val_data`` when given,
+    otherwise a seeded stratified ``val_fraction`` of the training images.
+    """
+
+    data: str = ""
+    val_data: str | None = None
+    val_fraction: float = 0.1
+    positive: str | None = None
+    negatives: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    max_per_class: int | None = None
+    download_root: str = "~/.cache/patchdet/datasets"
+
+    arch: str = "discnn8"
+    input_size: int = 96
+    loss: str = "n2o"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    latent_dim: int | None = None
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    scheduler: str = "onecycle"
+    seed: int = 0
+    threshold: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    workers: int = 0
+    threads: int | None = None
+    out: str = "runs/train"
+    resume: bool = False
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("no training data given: expected --data DIR (an ImageFolder tree) or torchvision:CIFAR10")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError(f"epochs {self.epochs} and batch size {self.batch_size} must be positive")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction {self.val_fraction} is invalid: expected 0 <= f < 1")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate {self.lr} is invalid: expected > 0")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer {self.optimizer!r} is unknown: expected adamw or sgd")
+        if self.scheduler not in ("onecycle", "cosine", "constant"):
+            raise ValueError(f"scheduler {self.scheduler!r} is unknown: expected onecycle, cosine or constant")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp {self.amp!r} is unknown: expected auto, off, bf16 or fp16")
+        if self.positive is not None and self.positive in self.negatives:
+            raise ValueError(f"class {self.positive!r} is both the positive and a negative class")
+        if self.input_size <= 0:
+            raise ValueError(f"input size {self.input_size} is invalid: expected a positive integer")
