@@ -94,9 +94,9 @@ class CheckpointScorer(_Scorer):
 class ArtifactScorer(_Scorer):
     def __init__(self, path: str, backend: str) -> None:
         from runtime.backends import load_backend
-        from runtime.detector import load_card
+        from runtime.artifact import read_artifact_card
 
-        self.card = load_card(path)
+        self.card = read_artifact_card(path)
         if self.card.dense:
             raise ValueError(f"{path} is a dense (whole-frame) artifact: evaluate the patch artifact instead")
         self.backend = load_backend(path, backend)
