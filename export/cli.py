@@ -1,0 +1,96 @@
+"""``patchdet export``: argparse wiring only (no heavy imports at module level)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    from export.formats import FORMATS
+
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint files or run folders (best.pt/last.pt)")
+    parser.add_argument("--formats", default=None,
+                        help=f"comma-separated formats (default: onnx); known: {', '.join(FORMATS)}")
+    parser.add_argument("--out", default=None, help="output folder (default: exports)")
+    parser.add_argument("--calib", default=None, metavar="DIR",
+                        help="calibration images for INT8 (a folder of images or an ImageFolder tree)")
+    parser.add_argument("--eval", dest="eval_dir", default=None, metavar="DIR",
+                        help="ImageFolder tree for the parity check (default: the calibration images)")
+    parser.add_argument("--dense", action="store_true", default=None,
+                        help="export the fully-convolutional variant (frame -> score map, stride 16)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: 1)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: cores // workers)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+    parser.add_argument("--name", default=None, help="artifact base name (one model only)")
+    parser.add_argument("--calib-images", type=int, default=None, help="calibration images used (default: 300)")
+    parser.add_argument("--eval-images", type=int, default=None, help="cap on parity images (default: all)")
+    parser.add_argument("--all-classes", action="store_true",
+                        help="use every class folder of --calib / --eval, not only the model's own classes")
+    parser.add_argument("--quantize-head", action="store_true",
+                        help="also quantize the final FC layer and the norm/cosine arithmetic (default: float)")
+    parser.add_argument("--force", action="store_true", help="re-export even when nothing changed")
+    parser.add_argument("--config", default=None, metavar="YAML", help="export settings file (CLI flags override)")
+    parser.add_argument("--list-formats", action="store_true", help="print the format table and exit")
+
+
+def build_config(args: argparse.Namespace):
+    """defaults -> YAML file -> CLI flags, into one ``ExportConfig``."""
+    from export.config import config_from_dict
+
+    data: dict = {}
+    if args.config:
+        import yaml
+
+        with open(args.config, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"export config {args.config} is not a mapping of settings")
+        data.update(loaded)
+    flags = {"formats": args.formats, "out_dir": args.out, "calib_dir": args.calib, "eval_dir": args.eval_dir,
+             "dense": args.dense, "workers": args.workers, "threads": args.threads, "opset": args.opset,
+             "name": args.name}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.models:
+        data["models"] = tuple(args.models)
+    if args.force:
+        data["force"] = True
+    calibration = dict(data.get("calibration") or {})
+    parity = dict(data.get("parity") or {})
+    if args.calib_images is not None:
+        calibration["num_images"] = args.calib_images
+        calibration["min_images"] = min(calibration.get("min_images", 32), args.calib_images)
+    if args.all_classes:
+        calibration["classes"] = "all"
+    if args.quantize_head:
+        calibration["float_head"] = False
+    if args.eval_images is not None:
+        parity["max_images"] = args.eval_images
+    if calibration:
+        data["calibration"] = calibration
+    if parity:
+        data["parity"] = parity
+    data.setdefault("models", ())
+    return config_from_dict(data)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.list_formats:
+        from export.formats import format_table_markdown
+
+        print(format_table_markdown())
+        return 0
+    from export.batch import MANIFEST_JSON, exit_on_sigterm, export
+
+    cfg = build_config(args)
+    exit_on_sigterm()  # a killed run cleans its staging folders like Ctrl-C does
+    entries = export(cfg)
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("ok", "skipped", "failed")}
+    log.info("%d ok, %d skipped, %d failed; manifest: %s/%s", counts["ok"], counts["skipped"], counts["failed"],
+             cfg.out_dir, MANIFEST_JSON)
+    for entry in entries:
+        if entry["status"] == "failed":
+            log.error("%s %s failed: %s", entry["name"], entry["format"], entry["reason"])
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,243 @@
+"""The result type (struct of arrays) and merging positive tiles into object boxes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MERGE_METHODS = ("connected", "nms", "none")
+
+
+@dataclass
+class Detections:
+    """Boxes found in one frame, one row per box.
+
+    Attributes:
+        xyxy: float32 [N, 4] boxes in frame pixels (exclusive ends).
+        score: float32 [N] detection score (modulus, max cosine or max probability).
+        class_id: int64 [N] index into the model card's ``class_names``.
+        tile_index: int64 [N] index of the tile (or dense window) the box came
+            from; for merged boxes, the tile with the highest score.
+    """
+
+    xyxy: np.ndarray
+    score: np.ndarray
+    class_id: np.ndarray
+    tile_index: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        if self.xyxy.size == 0:
+            self.xyxy = self.xyxy.reshape(0, 4)
+        self.score = np.asarray(self.score, dtype=np.float32).reshape(-1)
+        self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)
+        self.tile_index = np.asarray(self.tile_index, dtype=np.int64).reshape(-1)
+        if self.xyxy.ndim != 2 or self.xyxy.shape[1] != 4:
+            raise ValueError(f"Detections.xyxy has shape {self.xyxy.shape}: expected [N, 4]")
+        n = len(self.xyxy)
+        for name in ("score", "class_id", "tile_index"):
+            length = len(getattr(self, name))
+            if length != n:
+                raise ValueError(f"Detections.{name} has {length} rows for {n} boxes: expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int] | Sequence[bool]) -> Detections:
+        """Select rows by an int, a slice, an int index array or a bool mask [N]."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.size == 0 and index.dtype != bool:
+                index = index.astype(np.int64)
+            if index.dtype == bool and index.shape != (len(self),):
+                raise ValueError(f"Detections mask has shape {index.shape}: expected ({len(self)},)")
+        return Detections(self.xyxy[index], self.score[index], self.class_id[index], self.tile_index[index])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        """No detections (all arrays with zero rows)."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def merge(cls, items: Sequence[Detections]) -> Detections:
+        """Concatenate several results (row order kept)."""
+        items = list(items)
+        if not items:
+            return cls.empty()
+        return cls(
+            np.concatenate([d.xyxy for d in items]),
+            np.concatenate([d.score for d in items]),
+            np.concatenate([d.class_id for d in items]),
+            np.concatenate([d.tile_index for d in items]),
+        )
+
+    def to_records(self) -> dict[str, list]:
+        """Plain lists for JSON: ``boxes`` (xyxy), ``scores``, ``class_ids``, ``tile_indices``."""
+        return {
+            "boxes": [[round(float(v), 2) for v in box] for box in self.xyxy],
+            "scores": [round(float(v), 5) for v in self.score],
+            "class_ids": [int(v) for v in self.class_id],
+            "tile_indices": [int(v) for v in self.tile_index],
+        }
+
+
+def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise IoU.
+
+    Args:
+        a_xyxy: float [N, 4].
+        b_xyxy: float [M, 4].
+
+    Returns:
+        float32 [N, M].
+    """
+    a = np.asarray(a_xyxy, dtype=np.float64)[:, None, :]
+    b = np.asarray(b_xyxy, dtype=np.float64)[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
+
+
+def _raster_labels(xyxy: np.ndarray) -> np.ndarray:
+    """Connected-component label per box (touching = overlap, shared edge or corner), via a compressed raster.
+
+    Box edges are mapped to their rank among all distinct x (and y) edges, so
+    the raster has at most (2N)^2 cells; two boxes with a gap between them
+    keep at least one empty cell apart, so 8-connectivity on the raster is
+    exactly the closed-interval touching relation.
+    """
+    xs, x_rank = np.unique(xyxy[:, [0, 2]], return_inverse=True)
+    ys, y_rank = np.unique(xyxy[:, [1, 3]], return_inverse=True)
+    x_rank = x_rank.reshape(-1, 2) * 2  # doubled: a zero-width box still paints one cell
+    y_rank = y_rank.reshape(-1, 2) * 2
+    raster = np.zeros((2 * len(ys) + 1, 2 * len(xs) + 1), np.uint8)
+    for (x0, x1), (y0, y1) in zip(x_rank.tolist(), y_rank.tolist(), strict=True):
+        raster[y0:y1 + 1, x0:x1 + 1] = 1
+    _, labels = cv2.connectedComponents(raster, connectivity=8)
+    return labels[y_rank[:, 0], x_rank[:, 0]].astype(np.int64)
+
+
+def _group_boxes(dets: Detections, labels: np.ndarray) -> Detections:
+    """One box per label: the union box, the group's best score and that tile's index."""
+    uniq, group = np.unique(labels, return_inverse=True)
+    k = len(uniq)
+    x0 = np.full(k, np.inf, np.float32)
+    y0 = np.full(k, np.inf, np.float32)
+    x1 = np.full(k, -np.inf, np.float32)
+    y1 = np.full(k, -np.inf, np.float32)
+    np.minimum.at(x0, group, dets.xyxy[:, 0])
+    np.minimum.at(y0, group, dets.xyxy[:, 1])
+    np.maximum.at(x1, group, dets.xyxy[:, 2])
+    np.maximum.at(y1, group, dets.xyxy[:, 3])
+    order = np.lexsort((-dets.score, group))  # per group, best score first
+    first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+    return Detections(np.stack([x0, y0, x1, y1], axis=1), dets.score[first], dets.class_id[first],
+                      dets.tile_index[first])
+
+
+def _merge_connected_once(dets: Detections) -> Detections:
+    parts = []
+    for cls in np.unique(dets.class_id):
+        group = dets[dets.class_id == cls]
+        parts.append(_group_boxes(group, _raster_labels(group.xyxy)))
+    merged = Detections.merge(parts)
+    return merged[np.argsort(-merged.score, kind="stable")]
+
+
+def merge_connected(dets: Detections) -> Detections:
+    """Union of touching or overlapping boxes of the same class.
+
+    Each group of boxes connected by overlap or a shared edge/corner becomes
+    its bounding box with the group's highest score (and that box's tile
+    index). Repeated until no two results of a class touch, so the function
+    is idempotent. Results are sorted by descending score.
+    """
+    if len(dets) == 0:
+        return Detections.empty()
+    merged = _merge_connected_once(dets)
+    while True:
+        again = _merge_connected_once(merged)
+        if len(again) == len(merged):
+            return again
+        merged = again
+
+
+def nms_indices(xyxy: np.ndarray, score: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression (numpy).
+
+    Args:
+        xyxy: float [N, 4] boxes.
+        score: float [N] scores.
+        iou_threshold: A box is dropped when its IoU with a kept, higher-scoring
+            box is above this value.
+
+    Returns:
+        int64 [K] kept indices, by descending score.
+    """
+    order = np.argsort(-np.asarray(score), kind="stable")
+    keep: list[int] = []
+    boxes = np.asarray(xyxy, dtype=np.float32)
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        iou = box_iou(boxes[i:i + 1], boxes[order[1:]])[0]
+        order = order[1:][iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def merge_nms(dets: Detections, iou_threshold: float = 0.3) -> Detections:
+    """Per-class non-maximum suppression (OpenCV's ``NMSBoxes``); sorted by descending score. Idempotent."""
+    if len(dets) == 0:
+        return Detections.empty()
+    keep = []
+    for cls in np.unique(dets.class_id):
+        idx = np.flatnonzero(dets.class_id == cls)
+        boxes = dets.xyxy[idx].astype(np.float64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        scores = dets.score[idx].astype(np.float64)
+        scores = scores - scores.min() + 1.0  # OpenCV needs scores above a threshold >= 0; only the order matters
+        kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, float(iou_threshold))
+        keep.append(idx[np.asarray(kept, dtype=np.int64).reshape(-1)])
+    kept = np.concatenate(keep)
+    kept = kept[np.argsort(-dets.score[kept], kind="stable")]
+    return dets[kept]
+
+
+def merge_boxes(dets: Detections, method: str = "connected", iou_threshold: float = 0.3) -> Detections:
+    """Turn positive tiles into object boxes.
+
+    Args:
+        dets: Positive tiles as detections (one row per tile).
+        method: ``connected`` (union of touching/overlapping tiles, score = max),
+            ``nms`` (keep the best of overlapping tiles) or ``none`` (tiles as they are).
+        iou_threshold: IoU above which ``nms`` suppresses a box.
+
+    Returns:
+        Merged detections.
+
+    Raises:
+        ValueError: For an unknown method or an IoU threshold outside [0, 1].
+    """
+    if method not in MERGE_METHODS:
+        raise ValueError(f"merge method {method!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
+    if method == "connected":
+        return merge_connected(dets)
+    if method == "nms":
+        if not 0.0 <= float(iou_threshold) <= 1.0:
+            raise ValueError(f"NMS IoU threshold {iou_threshold!r} is invalid: expected a number in [0, 1]")
+        return merge_nms(dets, iou_threshold)
+    return dets

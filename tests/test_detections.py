@@ -1,0 +1,132 @@
+"""The Detections result type and merging positive tiles into object boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.detections import Detections, box_iou, merge_boxes, nms_indices
+
+
+def _dets(boxes, scores=None, classes=None):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    n = len(boxes)
+    scores = np.linspace(1.0, 0.5, n) if scores is None else scores
+    classes = np.zeros(n, np.int64) if classes is None else classes
+    return Detections(boxes, scores, classes, np.arange(n))
+
+
+def test_detections_validation_and_dtypes():
+    d = _dets([[0, 0, 1, 1], [1, 1, 2, 2]])
+    assert len(d) == 2
+    assert d.xyxy.dtype == np.float32 and d.score.dtype == np.float32
+    assert d.class_id.dtype == np.int64 and d.tile_index.dtype == np.int64
+    with pytest.raises(ValueError, match=r"xyxy has shape \(2, 3\)"):
+        Detections(np.zeros((2, 3)), np.zeros(2), np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError, match="score has 1 rows for 2 boxes"):
+        Detections(np.zeros((2, 4)), np.zeros(1), np.zeros(2), np.zeros(2))
+
+
+def test_detections_indexing_empty_and_merge():
+    d = _dets([[0, 0, 1, 1], [1, 1, 2, 2], [5, 5, 6, 6]], scores=[0.1, 0.9, 0.5])
+    assert d[1].score.tolist() == pytest.approx([0.9])
+    masked = d[np.array([True, False, True])]
+    assert masked.tile_index.tolist() == [0, 2]
+    assert d[[2, 0]].tile_index.tolist() == [2, 0]
+    assert d[1:].tile_index.tolist() == [1, 2]
+    assert len(d[[]]) == 0
+    with pytest.raises(ValueError, match="mask has shape"):
+        d[np.array([True, False])]
+    empty = Detections.empty()
+    assert len(empty) == 0 and empty.xyxy.shape == (0, 4)
+    both = Detections.merge([d, empty, d[0]])
+    assert len(both) == 4 and both.tile_index.tolist() == [0, 1, 2, 0]
+    assert len(Detections.merge([])) == 0
+    records = d.to_records()
+    assert records["boxes"][2] == [5.0, 5.0, 6.0, 6.0] and records["class_ids"] == [0, 0, 0]
+
+
+def test_merge_connected_unions_touching_tiles():
+    # an L of three touching tiles and one separate tile
+    tiles = _dets([[0, 0, 10, 10], [10, 0, 20, 10], [10, 10, 20, 20], [40, 40, 50, 50]],
+                  scores=[0.2, 0.9, 0.3, 0.5])
+    merged = merge_boxes(tiles, "connected")
+    assert len(merged) == 2
+    np.testing.assert_array_equal(merged.xyxy, [[0, 0, 20, 20], [40, 40, 50, 50]])
+    assert merged.score.tolist() == pytest.approx([0.9, 0.5])
+    assert merged.tile_index.tolist() == [1, 3]
+
+
+def test_merge_connected_keeps_classes_apart():
+    tiles = _dets([[0, 0, 10, 10], [10, 0, 20, 10]], classes=np.array([0, 1]))
+    assert len(merge_boxes(tiles, "connected")) == 2
+
+
+def test_merge_connected_joins_groups_whose_boxes_overlap():
+    # two diagonal pairs whose bounding boxes overlap although their tiles do not touch
+    tiles = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [25, 0, 35, 10], [0, 24, 10, 34],
+                   [10, 10, 20, 20]])
+    merged = merge_boxes(tiles, "connected")
+    assert len(merged) == 1 and merged.xyxy[0].tolist() == [0, 0, 35, 34]
+
+
+def test_merge_nms_matches_opencv():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 100, size=(40, 2))
+    wh = rng.uniform(10, 40, size=(40, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = rng.random(40).astype(np.float32)
+    ours = nms_indices(boxes, scores, 0.3)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    theirs = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, 0.3)).reshape(-1)
+    assert sorted(ours.tolist()) == sorted(theirs.tolist())
+
+
+def test_merge_none_and_bad_method():
+    tiles = _dets([[0, 0, 10, 10], [5, 0, 15, 10]])
+    assert len(merge_boxes(tiles, "none")) == 2
+    assert len(merge_boxes(tiles, "nms", iou_threshold=0.2)) == 1
+    with pytest.raises(ValueError, match="merge method 'union' is unknown"):
+        merge_boxes(tiles, "union")
+    with pytest.raises(ValueError, match="IoU threshold 1.5"):
+        merge_boxes(tiles, "nms", iou_threshold=1.5)
+    assert len(merge_boxes(Detections.empty(), "connected")) == 0
+    assert len(merge_boxes(Detections.empty(), "nms")) == 0
+
+
+def test_box_iou():
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
+    assert iou[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+
+
+@st.composite
+def tile_sets(draw):
+    n = draw(st.integers(0, 25))
+    cells = draw(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=n, max_size=n, unique=True))
+    scores = draw(st.lists(st.floats(0.0, 10.0, allow_nan=False, width=32), min_size=len(cells),
+                           max_size=len(cells)))
+    classes = draw(st.lists(st.integers(0, 1), min_size=len(cells), max_size=len(cells)))
+    size = draw(st.sampled_from([8, 12]))  # 12 with a step of 8: overlapping tiles
+    boxes = [[8 * c, 8 * r, 8 * c + size, 8 * r + size] for r, c in cells]
+    return _dets(boxes, np.asarray(scores, np.float32), np.asarray(classes, np.int64))
+
+
+def _as_set(d: Detections):
+    return sorted(zip(map(tuple, d.xyxy.tolist()), d.score.tolist(), d.class_id.tolist(), strict=True))
+
+
+@settings(max_examples=80, deadline=None)
+@given(tile_sets(), st.sampled_from(["connected", "nms", "none"]))
+def test_merge_is_idempotent_and_keeps_every_tile_inside(tiles, method):
+    once = merge_boxes(tiles, method)
+    twice = merge_boxes(once, method)
+    assert _as_set(once) == _as_set(twice)
+    if method == "connected" and len(tiles):
+        # every input tile lies inside a merged box of its class; max score preserved
+        for box, cls in zip(tiles.xyxy, tiles.class_id, strict=True):
+            same = once.xyxy[once.class_id == cls]
+            assert ((same[:, :2] <= box[:2]).all(axis=1) & (same[:, 2:] >= box[2:]).all(axis=1)).any()
+        assert once.score.max() == pytest.approx(tiles.score.max())

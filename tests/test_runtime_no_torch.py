@@ -1,0 +1,97 @@
+"""The runtime never needs torch (nor onnx): import every runtime module and detect with torch blocked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_onnx import write_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent(
+    r"""
+    import importlib, importlib.abc, json, pkgutil, sys, traceback
+    from pathlib import Path
+
+    BLOCKED = ("torch", "torchvision", "onnx", "training", "export")
+    RUNTIME_DIR = str(Path(sys.argv[1]) / "runtime")
+    attempts = []
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                callers = [f.filename for f in traceback.extract_stack() if f.filename.startswith(RUNTIME_DIR)]
+                attempts.append({"module": name, "from_runtime": callers[-1:]})
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    for name in BLOCKED:
+        sys.modules.pop(name, None)
+
+    import runtime
+    names = ["runtime"]
+    for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
+        importlib.import_module(info.name)
+        names.append(info.name)
+
+    from runtime.detector import Detector, TilingConfig
+    import numpy as np
+    frame = np.zeros((96, 160, 3), np.uint8)
+    frame[20:60, 40:80] = 255
+    det = Detector(sys.argv[2], tiling=TilingConfig((32, 32), (32, 32)))
+    result = det(frame)
+    print(json.dumps({
+        "modules": names,
+        "backend": det.backend_name,
+        "positives": int(result.positive_mask.sum()),
+        "boxes": result.detections.xyxy.tolist(),
+        "runtime_import_attempts": [a for a in attempts if a["from_runtime"]],
+        "torch_loaded": any(m is not None and m.split(".")[0] == "torch" for m in sys.modules
+                            if sys.modules.get(m) is not None),
+    }))
+    """
+)
+
+HELP_CHILD = textwrap.dedent(
+    r"""
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "onnx"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from patchdet.cli import main
+    code = main(["detect", "--help"])
+    """
+)
+
+
+def test_runtime_imports_and_detects_without_torch(tmp_path):
+    model = write_model(tmp_path / "m.onnx", "modulus")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(model)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"runtime.tiling", "runtime.detections", "runtime.detector", "runtime.backends",
+            "runtime.backends.onnxruntime", "runtime.card"} <= set(report["modules"])
+    assert report["runtime_import_attempts"] == []
+    assert report["torch_loaded"] is False
+    assert report["positives"] == 4 and len(report["boxes"]) == 1
+
+
+@pytest.mark.skipif(not (REPO / "runtime" / "cli.py").exists(), reason="runtime/cli.py (patchdet detect) not built yet")
+def test_patchdet_detect_help_without_torch():
+    proc = subprocess.run([sys.executable, "-c", HELP_CHILD], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage:" in proc.stdout and "detect" in proc.stdout
