@@ -65,7 +65,7 @@ def main() -> None:
     if args.command:
         lines += ["Commands:", "", "```bash", *args.command, "```", ""]
     summary = {"runs": []}
-    for run_dir, eval_path in zip(args.run, args.eval):
+    for run_dir, eval_path in zip(args.run, args.eval, strict=True):
         run, report = Path(run_dir), json.loads(Path(eval_path).read_text(encoding="utf-8"))
         seconds = _epoch_seconds(run)
         config = (run / "config.yaml").read_text(encoding="utf-8")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from runtime.files import atomic_write_text
 
 C = TypeVar("C")
 
@@ -49,7 +50,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return tuple(_coerce(name, v, args[0]) for v in items)
         if len(items) != len(args):
             raise ValueError(f"config key {name!r} expects {len(args)} values, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(items, args))
+        return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
@@ -109,13 +110,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def write_config(config: Any, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config_to_dict(config), fh, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def parse_key_values(items: list[str] | None) -> dict[str, Any]:

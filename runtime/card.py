@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from runtime.files import atomic_write_text
 
 CARD_FORMAT = "patchdet-model-card"
 CARD_VERSION = 1
@@ -167,18 +168,7 @@ def card_path_for(artifact: str | os.PathLike[str]) -> Path:
 
 def write_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
     """Write a card as JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(card.to_json())
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, card.to_json() + "\n")
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime.imagefolder import load_images, normalize_batch, scan_image_folder
-from runtime.metrics import binary_report, best_f1_threshold, fraction_above, fraction_at_origin, threshold_sweep
+from runtime.metrics import best_f1_threshold, binary_report, fraction_above, fraction_at_origin, threshold_sweep
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class CheckpointScorer(_Scorer):
 
 class ArtifactScorer(_Scorer):
     def __init__(self, path: str, backend: str) -> None:
-        from runtime.backends import load_backend
         from runtime.artifact import read_artifact_card
+        from runtime.backends import load_backend
 
         self.card = read_artifact_card(path)
         if self.card.dense:

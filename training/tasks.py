@@ -15,6 +15,7 @@ from torch import nn
 
 from runtime.metrics import binary_report, fraction_at_origin
 from training.config import TrainConfig
+from training.pod import CosineTask, SoftmaxTask
 
 
 class ModulusTask:
@@ -64,7 +65,7 @@ class ModulusTask:
         """Hook for losses with epoch-level state (none for N2O)."""
 
 
-TASKS: dict[str, type] = {"modulus": ModulusTask}
+TASKS: dict[str, type] = {"modulus": ModulusTask, "cosine": CosineTask, "softmax": SoftmaxTask}
 
 
 def make_task(head: str, cfg: TrainConfig, class_names: tuple[str, ...]):

@@ -187,6 +187,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     loss_options = dict(cfg.loss_options)
     if cfg.loss == "n2o-softmax":
         loss_options.setdefault("embedding_dim", getattr(model, "embedding_dim", 16))
+    if hasattr(task, "prepare"):  # POD: PEDCC centroids go into the model and, shared, into the loss
+        loss_options = task.prepare(model, loss_options)
     loss_fn = build_loss(cfg.loss, **loss_options).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -12,16 +12,32 @@ from typing import Any
 
 from torch import nn
 
+from training.losses.cosine import CosineLoss
 from training.losses.n2o import N2OLoss, N2OSoftmaxLoss
+from training.losses.nac import NaCLoss
+from training.losses.pod import PODLoss
+from training.losses.sc import SCLoss
+from training.losses.softmax import SoftmaxLoss
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "n2o": N2OLoss,
     "n2o-softmax": N2OSoftmaxLoss,
+    # POD family (cosine head; the task passes the model's PEDCC centroids) and the softmax baseline.
+    "cosine": CosineLoss,
+    "nac": NaCLoss,
+    "sc": SCLoss,
+    "pod": PODLoss,
+    "softmax": SoftmaxLoss,
 }
 
 LOSS_HEADS: dict[str, str] = {
     "n2o": "modulus",
     "n2o-softmax": "modulus",
+    "cosine": "cosine",
+    "nac": "cosine",
+    "sc": "cosine",
+    "pod": "cosine",
+    "softmax": "softmax",
 }
 
 
