@@ -25,6 +25,9 @@ class OnnxRuntimeBackend:
         providers: Execution providers in order of preference; default: every
             provider of ``PROVIDER_ORDER`` this build offers (GPU first).
         optimization: ``all`` (default), ``extended``, ``basic`` or ``disabled``.
+        spinning: ``False`` stops idle intra-op threads from spin-waiting, which
+            leaves the CPU to other threads (``patchdet detect``'s reader and writer
+            on a small CPU); ``None``: ONNX Runtime's default (spin).
     """
 
     name = "onnxruntime"
@@ -35,6 +38,7 @@ class OnnxRuntimeBackend:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         optimization: str = "all",
+        spinning: bool | None = None,
     ) -> None:
         require("onnxruntime")
         import onnxruntime as ort
@@ -50,6 +54,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = levels[optimization]
         options.log_severity_level = 3
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

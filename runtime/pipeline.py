@@ -1,0 +1,184 @@
+"""The detection loop: three threads joined by small bounded queues.
+
+Decoding and drawing/writing overlap with inference instead of adding to it::
+
+    reader thread:  source -> decode -> tile (Detector.preprocess)  --q_in-->
+    main thread:    Detector.infer                                   --q_out-->
+    writer thread:  Detector.decide -> sinks (video, JSON Lines, window, crops) -> stats
+
+The queues hold at most ``queue_size`` frames (one for live sources, whose
+grabber keeps only the newest frame), so memory stays flat and a live source
+is never read far ahead of inference. Ctrl-C, the end of the stream,
+``max_frames`` or ``q`` in the window all end the run the same way: the reader
+stops, queued frames are finished and written, and :meth:`Pipeline.run` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.sinks import FrameRecord, SinkSet
+from runtime.stats import RunStats
+from runtime.streams import FrameSource
+
+log = logging.getLogger(__name__)
+
+
+class _End:
+    """End-of-stream marker in the queues."""
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_END = _End()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event, alive: threading.Thread | None = None) -> bool:
+    """Put without blocking forever: gives up when ``stop`` is set or the consumer thread died."""
+    while True:
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if stop.is_set() or (alive is not None and not alive.is_alive()):
+                return False
+
+
+class Pipeline:
+    """The three-thread loop of one run (see the module docstring).
+
+    Args:
+        detector: A ``runtime.detector.Detector`` (``preprocess``, ``infer``, ``decide``, ``heatmap``).
+        source: Where frames come from; closed by :meth:`run`.
+        sinks: Where results go; the caller closes them.
+        stats: Filled in as frames finish.
+        max_frames: Stop after this many frames (``None``: end of stream).
+        queue_size: Frames in flight between the threads (1 waiting frame for live sources).
+        log_every_s: Period of the progress log line (0: never).
+        heatmap: Compute the score heatmap for sinks that draw.
+    """
+
+    def __init__(self, detector: Any, source: FrameSource, sinks: SinkSet, stats: RunStats, *,
+                 max_frames: int | None = None, queue_size: int = 4, log_every_s: float = 5.0,
+                 heatmap: bool = False) -> None:
+        self.detector, self.source, self.sinks, self.stats = detector, source, sinks, stats
+        self.max_frames, self.log_every_s = max_frames, log_every_s
+        # A live source must not queue up stale frames: one waits while inference runs, the grabber keeps the newest.
+        self.q_in: queue.Queue = queue.Queue(maxsize=1 if source.live else queue_size)
+        self.q_out: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.stop = threading.Event()
+        self.writer_error: BaseException | None = None
+        self.frame_wh: tuple[int, int] | None = None
+        self.stopped_by = "end of stream"
+        self.need_heatmap = heatmap and any(s.wants_annotated for s in sinks.sinks)
+
+    # -- reader ----------------------------------------------------------------
+    def _read(self) -> None:
+        count = 0
+        try:
+            for frame in self.source:
+                if self.stop.is_set():
+                    return
+                start = time.perf_counter()
+                prepared = self.detector.preprocess(frame.image)
+                tile_ms = (time.perf_counter() - start) * 1000.0
+                if not _put(self.q_in, (frame, prepared, tile_ms), self.stop):
+                    return
+                count += 1
+                if self.max_frames is not None and count >= self.max_frames:
+                    self.stopped_by = "max_frames"
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            _put(self.q_in, _Failure(exc), self.stop)
+        finally:
+            _put(self.q_in, _END, self.stop)
+
+    # -- writer ----------------------------------------------------------------
+    def _write(self) -> None:
+        detector, stats, source = self.detector, self.stats, self.source
+        try:
+            while True:
+                item = self.q_out.get()
+                if item is _END:
+                    return
+                frame, prepared, outputs, latency = item
+                start = time.perf_counter()
+                result = detector.decide(outputs, prepared)
+                heatmap = detector.heatmap(result) if self.need_heatmap else None
+                latency["decide"] = (time.perf_counter() - start) * 1000.0
+                self.frame_wh = prepared.frame_wh
+                record = FrameRecord(frame, result.detections, heatmap, detector.threshold, dict(latency))
+                start = time.perf_counter()
+                self.sinks.write(record, caption=f"{stats.fps_monitor.fps:.1f} fps")
+                latency["write"] = (time.perf_counter() - start) * 1000.0
+                stats.frame_done(len(result.detections), latency)
+                if stats.due(self.log_every_s):
+                    log.info("%s", stats.log_line(source.counters.dropped_frames, source.counters.reconnects))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.writer_error = exc
+            self.stop.set()
+            while True:  # keep draining so the main thread never blocks on a full queue
+                try:
+                    if self.q_out.get(timeout=0.5) is _END:
+                        return
+                except queue.Empty:
+                    return
+
+    # -- main ------------------------------------------------------------------
+    def run(self) -> bool:
+        """Run to the end; True when interrupted by Ctrl-C."""
+        reader = threading.Thread(target=self._read, name="patchdet-reader", daemon=True)
+        writer = threading.Thread(target=self._write, name="patchdet-writer", daemon=True)
+        interrupted = False
+        failure: BaseException | None = None
+        self.stats.start()
+        reader.start()
+        writer.start()
+        try:
+            while True:
+                try:
+                    item = self.q_in.get(timeout=0.2)
+                except queue.Empty:
+                    if self.writer_error is not None:
+                        break
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    failure = item.error
+                    break
+                frame, prepared, tile_ms = item
+                start = time.perf_counter()
+                outputs = self.detector.infer(prepared.batch)
+                infer_ms = (time.perf_counter() - start) * 1000.0
+                latency = {"decode": frame.decode_ms, "tile": tile_ms, "infer": infer_ms}
+                if self.writer_error is not None or not _put(self.q_out, (frame, prepared, outputs, latency),
+                                                             self.stop, writer):
+                    break
+                if self.sinks.stop_requested:
+                    self.stopped_by = "window closed"
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stopped_by = "interrupted"
+            log.warning("interrupted: finishing the frames in flight and closing the outputs")
+        finally:
+            self.stop.set()
+            self.source.close()  # safe from this thread; unblocks a reader waiting for a live frame
+            reader.join(timeout=30.0)
+            _put(self.q_out, _END, threading.Event(), writer)
+            writer.join()
+            self.stats.stop()
+        if failure is not None:
+            raise failure
+        if self.writer_error is not None:
+            raise self.writer_error
+        return interrupted

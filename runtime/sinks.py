@@ -1,0 +1,355 @@
+"""Where detections go: annotated video, JSON Lines, a window, crops; several at once.
+
+Every sink has ``write(record, annotated)`` and an idempotent ``close()``;
+:class:`SinkSet` fans one record out to all of them and closes all of them
+even when one fails. Closing is what makes outputs whole:
+
+- the video is written under a temporary name (``out.partial.mp4``) and renamed
+  to ``out.mp4`` on close, so the final name only ever holds a finished,
+  playable file, also after Ctrl-C (an ``mp4`` without its index is unplayable);
+  a run that produced no frame leaves no video at all;
+- JSON Lines are written one complete line per frame and flushed, so a run
+  cut short leaves every line it wrote parseable.
+
+Codecs: ``mp4v`` for ``.mp4/.m4v/.mov/.mkv``, ``MJPG`` for ``.avi``. H.264
+(``avc1``) is not offered: the FFmpeg inside the opencv-python wheels cannot
+encode it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from runtime.streams import Frame
+
+log = logging.getLogger(__name__)
+
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+_PALETTE = ((0, 200, 255), (255, 128, 0), (0, 220, 0), (220, 0, 220), (0, 0, 255), (255, 255, 0))
+
+
+@dataclass
+class FrameRecord:
+    """One processed frame, as the sinks see it.
+
+    Attributes:
+        frame: The source frame (``image`` uint8 BGR [H, W, 3]).
+        detections: Object with ``xyxy`` float32 [N, 4] (frame pixels), ``score`` [N], ``class_id`` [N].
+        heatmap: Optional float score map [h, w] covering the frame (any resolution), for overlays.
+        threshold: Decision threshold, used to scale the heatmap colours.
+        latency_ms: Stage name -> milliseconds for this frame.
+    """
+
+    frame: Frame
+    detections: Any
+    heatmap: np.ndarray | None = None
+    threshold: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    wants_annotated: bool
+
+    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- drawing -------------------------------------------------------------------
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, threshold: float = 0.0, alpha: float = 0.4) -> np.ndarray:
+    """Blend a score map onto a frame with the JET colour map.
+
+    Args:
+        image: uint8 BGR [H, W, 3].
+        heatmap: float [h, w] scores covering the whole frame; resized to [H, W].
+        threshold: Scores are scaled to ``[0, max(2 * threshold, max score)]`` so the
+            threshold sits mid-scale when it is set.
+        alpha: Weight of the colours.
+
+    Returns:
+        uint8 BGR [H, W, 3], a new array.
+    """
+    h, w = image.shape[:2]
+    scores = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if scores.ndim != 2 or scores.size == 0:
+        return image.copy()
+    top = max(float(scores.max()), 2.0 * float(threshold), 1e-6)
+    levels = np.clip(scores / top * 255.0, 0, 255).astype(np.uint8)
+    levels = cv2.resize(levels, (w, h), interpolation=cv2.INTER_LINEAR)
+    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
+
+
+def annotate(
+    image: np.ndarray,
+    detections: Any,
+    class_names: tuple[str, ...] | list[str] = (),
+    heatmap: np.ndarray | None = None,
+    threshold: float = 0.0,
+    caption: str = "",
+) -> np.ndarray:
+    """Draw boxes with ``class score`` labels (and optionally the heatmap) on a copy of ``image``."""
+    canvas = heatmap_overlay(image, heatmap, threshold) if heatmap is not None else image.copy()
+    h, w = canvas.shape[:2]
+    thickness = max(1, round(min(h, w) / 360))
+    scale = max(0.4, min(h, w) / 900)
+    xyxy = np.asarray(detections.xyxy, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(detections.score, dtype=np.float32).reshape(-1)
+    class_ids = np.asarray(detections.class_id).reshape(-1)
+    for (x0, y0, x1, y1), score, class_id in zip(xyxy, scores, class_ids, strict=True):
+        colour = _PALETTE[int(class_id) % len(_PALETTE)]
+        p0, p1 = (int(round(x0)), int(round(y0))), (int(round(x1)) - 1, int(round(y1)) - 1)
+        cv2.rectangle(canvas, p0, p1, colour, thickness)
+        name = class_names[int(class_id)] if 0 <= int(class_id) < len(class_names) else str(int(class_id))
+        label = f"{name} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        ty = max(p0[1], th + base)
+        cv2.rectangle(canvas, (p0[0], ty - th - base), (p0[0] + tw, ty), colour, -1)
+        cv2.putText(canvas, label, (p0[0], ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness)
+    if caption:
+        cv2.putText(canvas, caption, (8, 8 + int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thickness + 1)  # fmt: skip
+    return canvas
+
+
+def detections_to_json(record: FrameRecord, class_names: tuple[str, ...] | list[str] = ()) -> dict:
+    """The JSON Lines record of one frame (boxes xyxy in frame pixels)."""
+    det = record.detections
+    xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
+    class_ids = [int(c) for c in np.asarray(det.class_id).reshape(-1)]
+    out = {
+        "frame": int(record.frame.index),
+        "timestamp": round(float(record.frame.timestamp), 4),
+        "boxes": np.round(xyxy, 1).tolist(),
+        "scores": [round(float(s), 4) for s in np.asarray(det.score).reshape(-1)],
+        "class_ids": class_ids,
+    }
+    if class_names:
+        out["classes"] = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in class_ids]
+    if record.frame.name:
+        out["name"] = record.frame.name
+    out["latency_ms"] = {k: round(float(v), 3) for k, v in record.latency_ms.items()}
+    return out
+
+
+# -- sinks ---------------------------------------------------------------------
+def partial_path(path: Path) -> Path:
+    """``out.mp4`` -> ``out.partial.mp4`` (the suffix stays: it picks the container)."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def check_video_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_CODECS:
+        raise ValueError(
+            f"video output {path} has an unsupported suffix {path.suffix or '(none)'!r}: "
+            f"expected one of {', '.join(VIDEO_CODECS)}"
+        )
+    return path
+
+
+class VideoSink:
+    """Annotated video, written to ``NAME.partial.SUFFIX`` and renamed to ``NAME.SUFFIX`` on close.
+
+    Args:
+        path: Output file; the suffix picks the codec (see ``VIDEO_CODECS``).
+        fps: Frame rate written in the container.
+    """
+
+    wants_annotated = True
+
+    def __init__(self, path: str | os.PathLike[str], fps: float | None = None) -> None:
+        self.path = check_video_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.path.parent, os.W_OK):
+            raise OSError(f"cannot write video {self.path}: folder {self.path.parent} is not writable")
+        self.fps = float(fps) if fps and fps > 0 else 25.0
+        self.fourcc = VIDEO_CODECS[self.path.suffix.lower()]
+        self._tmp = partial_path(self.path)
+        self._writer: cv2.VideoWriter | None = None
+        self._frame_wh: tuple[int, int] | None = None
+        self.frames = 0
+        self._closed = False
+
+    def _open(self, frame_wh: tuple[int, int]) -> None:
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, frame_wh)
+        if not writer.isOpened():
+            writer.release()
+            self._tmp.unlink(missing_ok=True)
+            raise OSError(f"cannot write video {self.path}: OpenCV could not open a {self.fourcc} writer")
+        self._writer, self._frame_wh = writer, frame_wh
+
+    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+        if self._closed:
+            raise RuntimeError(f"video sink {self.path} is closed")
+        image = annotated if annotated is not None else record.frame.image
+        wh = (image.shape[1], image.shape[0])
+        if self._writer is None:
+            self._open(wh)
+        elif wh != self._frame_wh:  # image folders: one video needs one size
+            image = cv2.resize(image, self._frame_wh, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is None:
+            log.info("no frame was written: no video at %s", self.path)
+            return
+        writer.release()
+        os.replace(self._tmp, self.path)
+        log.info("wrote %d frames to %s", self.frames, self.path)
+
+
+class JsonlSink:
+    """One JSON object per frame, one line each, flushed as written."""
+
+    wants_annotated = False
+
+    def __init__(self, path: str | os.PathLike[str], class_names: tuple[str, ...] | list[str] = ()) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.class_names = tuple(class_names)
+        self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.lines = 0
+
+    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+        if self._fh is None:
+            raise RuntimeError(f"JSON Lines sink {self.path} is closed")
+        self._fh.write(json.dumps(detections_to_json(record, self.class_names), separators=(",", ":")) + "\n")
+        self._fh.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
+
+
+class CropSink:
+    """Saves each detection's box as ``f{frame:06d}_{k:02d}_{class}_{score}.jpg`` in a folder."""
+
+    wants_annotated = False
+
+    def __init__(
+        self, folder: str | os.PathLike[str], class_names: tuple[str, ...] | list[str] = (), max_per_frame: int = 32
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.class_names = tuple(class_names)
+        self.max_per_frame = max_per_frame
+        self.saved = 0
+
+    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+        image = record.frame.image
+        h, w = image.shape[:2]
+        det = record.detections
+        xyxy = np.asarray(det.xyxy, dtype=np.float32).reshape(-1, 4)
+        for k, ((x0, y0, x1, y1), score, class_id) in enumerate(zip(xyxy, det.score, det.class_id, strict=True)):
+            if k >= self.max_per_frame:
+                break
+            x0, y0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+            x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            cid = int(class_id)
+            name = self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid)
+            out = self.folder / f"f{record.frame.index:06d}_{k:02d}_{name}_{float(score):.2f}.jpg"
+            if cv2.imwrite(str(out), image[y0:y1, x0:x1]):
+                self.saved += 1
+            else:
+                log.warning("could not write crop %s", out)
+
+    def close(self) -> None:
+        return None
+
+
+class DisplaySink:
+    """A window (``--show``); press ``q`` or Esc to stop the run."""
+
+    wants_annotated = True
+
+    def __init__(self, title: str = "patchdet") -> None:
+        self.title = title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise OSError(
+                "--show needs OpenCV with GUI support (pip install opencv-python); this OpenCV is headless"
+            ) from None
+        self.stop_requested = False
+        self._closed = False
+
+    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+        cv2.imshow(self.title, annotated if annotated is not None else record.frame.image)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.stop_requested = True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                cv2.destroyWindow(self.title)
+            except cv2.error:
+                pass
+
+
+class SinkSet:
+    """Several sinks at once; draws the annotated frame once for all that want it.
+
+    Args:
+        sinks: The sinks, written in order.
+        class_names: Names for labels.
+        heatmap: Blend the score heatmap into annotated frames.
+    """
+
+    def __init__(self, sinks: list[Any], class_names: tuple[str, ...] | list[str] = (), heatmap: bool = False) -> None:
+        self.sinks = list(sinks)
+        self.class_names = tuple(class_names)
+        self.heatmap = heatmap
+        self._closed = False
+
+    @property
+    def stop_requested(self) -> bool:
+        return any(getattr(s, "stop_requested", False) for s in self.sinks)
+
+    def write(self, record: FrameRecord, caption: str = "") -> None:
+        annotated = None
+        if any(s.wants_annotated for s in self.sinks):
+            heatmap = record.heatmap if self.heatmap else None
+            annotated = annotate(record.frame.image, record.detections, self.class_names, heatmap,
+                                 record.threshold, caption)  # fmt: skip
+        for sink in self.sinks:
+            sink.write(record, annotated)
+
+    def close(self) -> None:
+        """Close every sink; the first error is raised after all were tried."""
+        if self._closed:
+            return
+        self._closed = True
+        first_error: BaseException | None = None
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                log.error("closing %s failed: %s", type(sink).__name__, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> SinkSet:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

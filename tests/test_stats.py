@@ -1,0 +1,78 @@
+"""Live statistics: frame rate window, latency percentiles in bounded buffers, the summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.stats import STAGES, FpsMonitor, LatencyTracker, RunStats
+
+
+def test_fps_from_timestamps():
+    monitor = FpsMonitor(window=5)
+    assert monitor.fps == 0.0
+    for i in range(20):
+        monitor.tick(now=i * 0.1)  # 10 frames per second, only the last 5 stamps kept
+    assert monitor.fps == pytest.approx(10.0)
+    monitor.reset()
+    assert monitor.fps == 0.0
+
+
+def test_fps_window_must_hold_two_frames():
+    with pytest.raises(ValueError, match="fps window 1 is invalid"):
+        FpsMonitor(window=1)
+
+
+def test_latency_median_and_p90_match_numpy():
+    tracker = LatencyTracker(window=100)
+    values = np.arange(1, 51, dtype=np.float32)
+    for v in values:
+        tracker.add("infer", float(v))
+    summary = tracker.summary("infer")
+    assert summary["median"] == pytest.approx(np.percentile(values, 50), abs=1e-3)
+    assert summary["p90"] == pytest.approx(np.percentile(values, 90), abs=1e-3)
+    assert summary["mean"] == pytest.approx(25.5) and summary["count"] == 50
+    assert tracker.summary("write") == {"median": 0.0, "p90": 0.0, "mean": 0.0, "count": 0}
+
+
+def test_latency_buffer_is_bounded_and_keeps_the_latest():
+    tracker = LatencyTracker(window=4)
+    before = tracker._buffers["decode"].nbytes
+    for v in range(10_000):
+        tracker.add("decode", float(v))
+    assert tracker._buffers["decode"].nbytes == before
+    assert sorted(tracker.samples("decode").tolist()) == [9996.0, 9997.0, 9998.0, 9999.0]
+    assert tracker.summary("decode")["mean"] == pytest.approx(4999.5)  # the mean covers the whole run
+
+
+def test_unknown_stage_is_named():
+    with pytest.raises(KeyError, match="unknown stage 'paint'"):
+        LatencyTracker().add("paint", 1.0)
+
+
+def test_run_summary_has_the_documented_keys():
+    stats = RunStats()
+    stats.start()
+    for i in range(3):
+        stats.frame_done(detections=i, latency_ms={stage: 1.0 + i for stage in STAGES})
+    stats.stop()
+    summary = stats.summary(backend="onnxruntime", dropped_frames=0)
+    assert summary["frames"] == 3 and summary["detections"] == 3 and summary["frames_with_detections"] == 2
+    assert set(summary["latency_ms"]) == set(STAGES)
+    assert set(summary["latency_ms"]["infer"]) >= {"median", "p90"}
+    assert summary["latency_ms"]["infer"]["median"] == pytest.approx(2.0)
+    assert summary["backend"] == "onnxruntime" and summary["seconds"] >= 0 and summary["fps"] >= 0
+    assert "frames 3" in stats.log_line()
+    assert summary["fps_steady"] >= 0
+
+
+def test_steady_fps_counts_from_the_first_finished_frame(monkeypatch):
+    import runtime.stats as stats_module
+
+    clock = iter([0.0, 10.0, 10.5, 11.0, 11.5])  # start, then four frames 0.5 s apart after a slow first one
+    monkeypatch.setattr(stats_module.time, "monotonic", lambda: next(clock))
+    stats = RunStats()
+    stats.start()
+    for _ in range(4):
+        stats.frame_done(0, {})
+    assert stats.steady_fps == pytest.approx(2.0)
