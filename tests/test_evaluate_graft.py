@@ -74,3 +74,19 @@ def test_graft_needs_two_classes(tiny_checkpoint, tiny_folder, tmp_path, capsys)
     assert main(["graft", str(tiny_checkpoint), "--data", str(tiny_folder), "--classes", "car",
                  "--out", str(tmp_path)]) == 2
     assert "exactly two classes" in capsys.readouterr().err
+
+
+def test_evaluate_exported_artifact_matches_checkpoint(tiny_checkpoint, tiny_folder, tmp_path):
+    from export.batch import export
+    from export.config import ExportConfig
+
+    manifest = export(ExportConfig(models=(str(tiny_checkpoint),), formats=("onnx",), out_dir=str(tmp_path / "out"),
+                                   eval_dir=str(tiny_folder)))
+    assert manifest[0]["status"] == "ok", manifest[0]["reason"]
+    common = dict(data=str(tiny_folder), unseen=("truck",), thresholds=(0.0, 1.0))
+    from_checkpoint = evaluate(EvalConfig(model=str(tiny_checkpoint), **common))
+    from_artifact = evaluate(EvalConfig(model=manifest[0]["path"], **common))
+    assert from_artifact["positive"] == "car" and from_artifact["negatives"] == ["bird", "cat"]
+    for a, b in zip(from_checkpoint["thresholds"], from_artifact["thresholds"], strict=True):
+        assert a["confusion"] == b["confusion"]
+        assert a["unseen"] == pytest.approx(b["unseen"])
