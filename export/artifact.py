@@ -106,7 +106,6 @@ def publish(staged_main: Path, spec: FormatSpec, card: ModelCard, dest_dir: Path
     for staged in extra_files or []:
         os.replace(staged, dest_dir / staged.name)
     write_card(card, card_path)
-    os.chmod(card_path, 0o644)  # write_card's temporary file is 0600; cards ship with the artifact
     return final_main
 
 

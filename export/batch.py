@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,6 +27,7 @@ from export.artifact import artifact_files, clean_stale_staging
 from export.config import ExportConfig
 from export.formats import FORMATS
 from export.pipeline import ExportJob, export_job
+from runtime.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     jobs = plan_jobs(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out_dir)
-    _write_json(out_dir / CONFIG_JSON, cfg.as_dict())
+    atomic_write_json(out_dir / CONFIG_JSON, cfg.as_dict())
     start = time.perf_counter()
     entries: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
@@ -273,19 +273,6 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     return manifest
 
 
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; manifests are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parity_summary(entry: dict[str, Any]) -> str:
     """One short cell: score error and F1 of torch -> artifact."""
     parity = entry.get("parity") or {}
@@ -315,10 +302,5 @@ def manifest_markdown(entries: list[dict[str, Any]], seconds: float, workers: in
 
 
 def write_manifest(out_dir: Path, entries: list[dict[str, Any]], seconds: float, cfg: ExportConfig) -> None:
-    _write_json(out_dir / MANIFEST_JSON, entries)
-    md = manifest_markdown(entries, seconds, cfg.workers)
-    fd, tmp = tempfile.mkstemp(prefix=MANIFEST_MD + ".", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(md)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / MANIFEST_MD)
+    atomic_write_json(out_dir / MANIFEST_JSON, entries)
+    atomic_write_text(out_dir / MANIFEST_MD, manifest_markdown(entries, seconds, cfg.workers))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.files import atomic_write_json
 from runtime.pipeline import Pipeline
 from runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
 from runtime.stats import RunStats
@@ -303,15 +304,4 @@ def detect(cfg: DetectConfig) -> dict:
 
 def write_summary(summary: dict, path: str | Path) -> Path:
     """Write the summary JSON atomically."""
-    import json
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, summary)
