@@ -169,7 +169,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
         resume_state = load_checkpoint(last_path)
         _check_resume_compatible(resume_state, cfg)
-    elif is_main and last_path.exists():
+    elif last_path.exists():
         raise FileExistsError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --out")
 
     train_set, val_set = _load_data(cfg, class_list_for(head, cfg))
