@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.sample_clip import read_sample_clip
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
@@ -42,16 +44,7 @@ def make_videos(out_dir: Path, frames: int = 120) -> dict[str, Path]:
     """The sample clip upscaled to 720p and 1080p (mp4v), looped forward and backward to ``frames`` frames."""
     import cv2
 
-    cap = cv2.VideoCapture(str(ASSETS / "street_cam_sample.mp4"))
-    clip = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        clip.append(frame)
-    cap.release()
-    if not clip:
-        raise OSError("runtime/assets/street_cam_sample.mp4 is missing or unreadable")
+    clip = read_sample_clip()
     order = (list(range(len(clip))) + list(range(len(clip) - 1, -1, -1))) * (frames // (2 * len(clip)) + 1)
     paths = {}
     for name, wh in FRAMES.items():

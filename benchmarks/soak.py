@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.sample_clip import read_sample_clip
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -41,16 +43,7 @@ def rss_mb() -> float:
 def make_video(path: Path, frames: int, frame_wh: tuple[int, int]) -> Path:
     import cv2
 
-    cap = cv2.VideoCapture(str(ASSETS / "street_cam_sample.mp4"))
-    clip = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        clip.append(cv2.resize(frame, frame_wh, interpolation=cv2.INTER_AREA))
-    cap.release()
-    if not clip:
-        raise OSError("runtime/assets/street_cam_sample.mp4 is missing or unreadable")
+    clip = read_sample_clip(frame_wh)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 24.0, frame_wh)
     for i in range(frames):
         writer.write(clip[i % len(clip)])
