@@ -31,7 +31,6 @@ import numpy as np
 from benchmarks.sample_clip import read_sample_clip
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
