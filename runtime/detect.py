@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.files import atomic_write_json
-from runtime.pipeline import Pipeline
+from runtime.pipeline import Pipeline, opencv_threads
 from runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
 from runtime.stats import RunStats
 from runtime.streams import StreamOptions, open_source
@@ -259,7 +259,9 @@ def detect(cfg: DetectConfig) -> dict:
     log.info("model %s (%s), backend %s, threshold %.4g, tiles %s stride %s scales %s%s", detector.artifact.name,
              detector.card.name, detector.backend_name, detector.threshold, detector.tiling.tile_wh,
              detector.tiling.stride_wh, detector.tiling.scales, " dense" if detector.dense else "")
-    with open_source(source_text, options) as source:
+    # OpenCV single-threaded unless it is the inference engine (see runtime.pipeline.opencv_threads).
+    cv_threads = None if detector.backend_name == "opencv" else 1
+    with opencv_threads(cv_threads), open_source(source_text, options) as source:
         log.info("source %s (%s%s)", source_text, "live" if source.live else "file",
                  f", {source.fps:.2f} fps" if source.fps else "")
         resolved = dataclasses.replace(
@@ -288,6 +290,7 @@ def detect(cfg: DetectConfig) -> dict:
         gaps=counters.gaps,
         interrupted=interrupted,
         stopped_by=pipeline.stopped_by,
+        warmup_ms=round(pipeline.warmup_ms, 1),
         model=str(detector.artifact),
         source=source_text,
         threshold=detector.threshold,

@@ -122,9 +122,14 @@ def _raster_labels(xyxy: np.ndarray) -> np.ndarray:
     ys, y_rank = np.unique(xyxy[:, [1, 3]], return_inverse=True)
     x_rank = x_rank.reshape(-1, 2) * 2  # doubled: a zero-width box still paints one cell
     y_rank = y_rank.reshape(-1, 2) * 2
-    raster = np.zeros((2 * len(ys) + 1, 2 * len(xs) + 1), np.uint8)
-    for (x0, x1), (y0, y1) in zip(x_rank.tolist(), y_rank.tolist(), strict=True):
-        raster[y0:y1 + 1, x0:x1 + 1] = 1
+    # Paint every box at once: +1/-1 at its corners of a difference array, then a 2-D prefix sum
+    # (a Python loop over boxes took ~3 ms for the ~1,500 positive windows of a dense 720p frame).
+    diff = np.zeros((2 * len(ys) + 2, 2 * len(xs) + 2), np.int32)
+    np.add.at(diff, (y_rank[:, 0], x_rank[:, 0]), 1)
+    np.add.at(diff, (y_rank[:, 0], x_rank[:, 1] + 1), -1)
+    np.add.at(diff, (y_rank[:, 1] + 1, x_rank[:, 0]), -1)
+    np.add.at(diff, (y_rank[:, 1] + 1, x_rank[:, 1] + 1), 1)
+    raster = (diff.cumsum(axis=0).cumsum(axis=1)[:-1, :-1] > 0).astype(np.uint8)
     _, labels = cv2.connectedComponents(raster, connectivity=8)
     return labels[y_rank[:, 0], x_rank[:, 0]].astype(np.int64)
 

@@ -3,8 +3,16 @@
 Decoding and drawing/writing overlap with inference instead of adding to it::
 
     reader thread:  source -> decode -> tile (Detector.preprocess)  --q_in-->
-    main thread:    Detector.infer                                   --q_out-->
+    main thread:    Detector.infer (warmed up on the first batch)    --q_out-->
     writer thread:  Detector.decide -> sinks (video, JSON Lines, window, crops) -> stats
+
+Inference gets the CPU first. On a small CPU the inference engine already
+uses every core, and a reader or writer thread that preempts one of its
+threads in mid-layer stalls the others at the next barrier. So the reader
+and writer run at a lower priority (``io_nice``, Linux): they fill the gaps
+inference leaves, and the bounded queues make them catch up when they fall
+behind (inference blocks on a full queue and frees the CPU). A live source's
+grabber thread keeps normal priority, so a camera is still drained on time.
 
 The queues hold at most ``queue_size`` frames (one for live sources, whose
 grabber keeps only the newest frame), so memory stays flat and a live source
@@ -15,12 +23,18 @@ stops, queued frames are finished and written, and :meth:`Pipeline.run` returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import cv2
 
 from runtime.sinks import FrameRecord, SinkSet
 from runtime.stats import RunStats
@@ -39,6 +53,48 @@ class _Failure:
 
 
 _END = _End()
+# Nice value of the reader and writer threads (0-19; 0: same as inference). Measured with
+# benchmarks/runtime_e2e.py: see benchmarks/results/runtime_e2e.md.
+IO_NICE = 10
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Run the calling thread at nice value ``nice`` or lower priority; True when it took effect.
+
+    Linux keeps a nice value per thread, so this leaves the rest of the
+    process alone; a thread already at a higher nice value keeps it. Elsewhere,
+    or when the call is refused, nothing changes.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), min(19, int(nice))))
+    except OSError as exc:
+        log.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def opencv_threads(threads: int | None) -> Iterator[None]:
+    """Set OpenCV's worker-thread count (process-wide: ``cv2.setNumThreads``) for a block, then restore it.
+
+    ``None`` leaves it alone. The detection loop runs OpenCV single-threaded
+    unless OpenCV is the inference engine: decoding, tiling, drawing and
+    encoding then stay on the reader and writer threads instead of waking a
+    worker pool that competes with the inference threads for the same cores
+    (1080p mp4v decoding took 12 ms a frame with 2 OpenCV threads, 5 ms with 1).
+    """
+    if threads is None:
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(int(threads))
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event, alive: threading.Thread | None = None) -> bool:
@@ -64,11 +120,15 @@ class Pipeline:
         queue_size: Frames in flight between the threads (1 waiting frame for live sources).
         log_every_s: Period of the progress log line (0: never).
         heatmap: Compute the score heatmap for sinks that draw.
+        io_nice: Nice value of the reader and writer threads (see the module docstring; 0: unchanged).
+        warmup: Before the first frame, run the backend on its batch untimed
+            (``Detector.warmup``), so one-off first-call costs are neither
+            counted as inference latency nor make a live source fall behind.
     """
 
     def __init__(self, detector: Any, source: FrameSource, sinks: SinkSet, stats: RunStats, *,
                  max_frames: int | None = None, queue_size: int = 4, log_every_s: float = 5.0,
-                 heatmap: bool = False) -> None:
+                 heatmap: bool = False, io_nice: int = IO_NICE, warmup: bool = True) -> None:
         self.detector, self.source, self.sinks, self.stats = detector, source, sinks, stats
         self.max_frames, self.log_every_s = max_frames, log_every_s
         # A live source must not queue up stale frames: one waits while inference runs, the grabber keeps the newest.
@@ -79,9 +139,13 @@ class Pipeline:
         self.frame_wh: tuple[int, int] | None = None
         self.stopped_by = "end of stream"
         self.need_heatmap = heatmap and any(s.wants_annotated for s in sinks.sinks)
+        self.warmup = warmup
+        self.io_nice = io_nice
+        self.warmup_ms = 0.0
 
     # -- reader ----------------------------------------------------------------
     def _read(self) -> None:
+        lower_thread_priority(self.io_nice)
         count = 0
         try:
             for frame in self.source:
@@ -104,6 +168,7 @@ class Pipeline:
     # -- writer ----------------------------------------------------------------
     def _write(self) -> None:
         detector, stats, source = self.detector, self.stats, self.source
+        lower_thread_priority(self.io_nice)
         try:
             while True:
                 item = self.q_out.get()
@@ -156,6 +221,10 @@ class Pipeline:
                     failure = item.error
                     break
                 frame, prepared, tile_ms = item
+                if self.warmup:
+                    self.warmup = False
+                    self.warmup_ms = self.detector.warmup(batch=prepared.batch)
+                    log.debug("warm-up: %.0f ms", self.warmup_ms)
                 start = time.perf_counter()
                 outputs = self.detector.infer(prepared.batch)
                 infer_ms = (time.perf_counter() - start) * 1000.0

@@ -180,16 +180,21 @@ def frame_to_blob(
         frame_bgr = cv2.resize(frame_bgr, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     pad_w = max(-(-w // multiple) * multiple, int(min_wh[0]))
     pad_h = max(-(-h // multiple) * multiple, int(min_wh[1]))
-    params = norm.blob_params((w, h))
+    if (pad_w, pad_h) != (w, h):  # pad the uint8 frame (cheap), normalise once, then zero the pad
+        frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, pad_h - h, 0, pad_w - w, cv2.BORDER_CONSTANT, value=0)
+    # One pass straight into a pooled buffer: a fresh 25 MB blob per 1080p frame page-faults, and a second
+    # copy into the padded buffer doubled the cost of this stage.
+    out = pool.take((1, 3, pad_h, pad_w), key=("dense",)) if pool is not None else None
+    params = norm.blob_params((pad_w, pad_h))
     if params is not None:
-        blob = cv2.dnn.blobFromImageWithParams(frame_bgr, params)
+        blob = cv2.dnn.blobFromImageWithParams(frame_bgr, params) if out is None else \
+            cv2.dnn.blobFromImageWithParams(frame_bgr, out, params)
     else:
-        blob = normalize_blob(cv2.dnn.blobFromImage(frame_bgr, 1.0 / 255.0, (w, h), (0, 0, 0), norm.swap_rb, False),
-                              norm)
-    if (pad_w, pad_h) != (w, h) or pool is not None:
-        # the pad region of a pooled buffer stays zero: the key pins the interior size
-        padded = pool.take((1, 3, pad_h, pad_w), key=(w, h)) if pool is not None else \
-            np.zeros((1, 3, pad_h, pad_w), np.float32)
-        padded[:, :, :h, :w] = blob
-        blob = padded
+        blob = normalize_blob(cv2.dnn.blobFromImage(frame_bgr, 1.0 / 255.0, (pad_w, pad_h), (0, 0, 0), norm.swap_rb,
+                                                    False), norm)
+    if out is not None and blob is not out:  # OpenCV reallocated, or the fallback path
+        out[...] = blob
+        blob = out
+    blob[:, :, h:, :] = 0.0  # padding is 0 after normalisation (the mean colour)
+    blob[:, :, :h, w:] = 0.0
     return blob, (w, h)

@@ -100,14 +100,14 @@ def test_dense_model(tmp_path, video):
 
 
 def test_ctrl_c_leaves_complete_outputs(tmp_path, model, video, monkeypatch):
-    from runtime.detector import Detector
+    from runtime.detector import WARMUP_CALLS, Detector
 
     real_infer = Detector.infer
     calls = []
 
     def infer(self, batch):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == WARMUP_CALLS + 4:  # the 4th frame, after the warm-up calls on the first one
             raise KeyboardInterrupt
         return real_infer(self, batch)
 
@@ -117,6 +117,23 @@ def test_ctrl_c_leaves_complete_outputs(tmp_path, model, video, monkeypatch):
     assert len(read_video(tmp_path / "v.mp4")) == 3
     assert [json.loads(line)["frame"] for line in (tmp_path / "d.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert not (tmp_path / "v.partial.mp4").exists()
+
+
+def test_backend_is_warmed_up_before_the_first_frame(tmp_path, model, video, monkeypatch):
+    from runtime.detector import WARMUP_CALLS, Detector
+
+    real_infer = Detector.infer
+    calls = []
+
+    def infer(self, batch):
+        calls.append(batch.shape)
+        return real_infer(self, batch)
+
+    monkeypatch.setattr(Detector, "infer", infer)
+    summary = detect(_cfg(model, video, max_frames=5))
+    assert summary["frames"] == 5 and summary["warmup_ms"] > 0
+    assert len(calls) == 5 + WARMUP_CALLS and len(set(calls)) == 1  # warm-up on the first frame's batch shape
+    assert summary["latency_ms"]["infer"]["count"] == 5  # warm-up calls are not timed as inference
 
 
 def test_yaml_config_then_overrides(tmp_path, model):
