@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.files import atomic_write_json
-from runtime.pipeline import Pipeline, opencv_threads
+from runtime.pipeline import IO_NICE, Pipeline, opencv_threads
 from runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
 from runtime.stats import RunStats
 from runtime.streams import StreamOptions, open_source
@@ -70,6 +70,9 @@ class DetectConfig:
         heatmap: Blend the patch score heatmap into the video / window.
         log_every_s: Period of the progress log line (0: never).
         queue_size: Frames in flight between the reader, inference and writer threads.
+        io_nice: Nice value (0-19) of the reader and writer threads on Linux, so that
+            decoding, tiling, drawing and encoding fill the CPU time inference leaves
+            instead of preempting its threads (``runtime.pipeline``; 0: no change).
 
     The built-in clip's tiling: cars in the 640x352 street camera are about
     40-60 px wide when parked or far up the road and 100-200 px when they pass
@@ -109,6 +112,7 @@ class DetectConfig:
     heatmap: bool = False
     log_every_s: float = 5.0
     queue_size: int = 4
+    io_nice: int = IO_NICE
 
     def __post_init__(self) -> None:
         for name in ("tile", "stride", "max_frames", "threads"):
@@ -117,6 +121,8 @@ class DetectConfig:
                 raise ValueError(f"{name.replace('_', '-')} {value!r} is invalid: expected a positive integer")
         if isinstance(self.vid_stride, bool) or not isinstance(self.vid_stride, int) or self.vid_stride < 1:
             raise ValueError(f"vid-stride {self.vid_stride!r} is invalid: expected an integer >= 1")
+        if isinstance(self.io_nice, bool) or not isinstance(self.io_nice, int) or not 0 <= self.io_nice <= 19:
+            raise ValueError(f"io-nice {self.io_nice!r} is invalid: expected an integer from 0 to 19")
         if self.queue_size < 1:
             raise ValueError(f"queue_size {self.queue_size!r} is invalid: expected an integer >= 1")
         if self.threshold is not None:
@@ -276,7 +282,7 @@ def detect(cfg: DetectConfig) -> dict:
         stats = RunStats()
         sinks = build_sinks(cfg, detector.card.class_names, source.fps)
         pipeline = Pipeline(detector, source, sinks, stats, max_frames=cfg.max_frames, queue_size=cfg.queue_size,
-                            log_every_s=cfg.log_every_s, heatmap=cfg.heatmap)
+                            log_every_s=cfg.log_every_s, heatmap=cfg.heatmap, io_nice=cfg.io_nice)
         try:
             interrupted = pipeline.run()
         finally:
