@@ -4,6 +4,12 @@ Symmetric INT8 activations (zero point 0) are what TensorRT 10/11 needs to build
 an explicit-precision engine from the same QDQ file. With ``float_head`` the
 final FC layer and the norm / cosine / softmax arithmetic after it stay in
 float (``nodes_to_exclude``).
+
+Fully-connected layers (``Gemm`` / ``MatMul`` and the ``Flatten`` before them)
+always stay float: they are under 0.2 % of a DisCNN patch's FLOPs, so INT8
+buys no speed there, and OpenCV DNN 5.0 cannot load a QDQ ``Flatten``/``Gemm``
+(``bufidx >= 0`` assertion), which kept the INT8 patch model off the OpenCV
+backend. Convolutions, where the time goes, are quantized.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from export.onnx import INPUT_NAME, export_graph_onnx, write_onnx_card
 log = logging.getLogger(__name__)
 
 WEIGHT_OPS = ("Gemm", "MatMul", "Conv")
+# Kept in float (see the module docstring).
+FLOAT_OPS = ("Gemm", "MatMul", "Flatten")
 CALIBRATION_BATCH = 16
 
 
@@ -90,7 +98,8 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, flo
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     onnx.save(model, str(fp32_path))
-    excluded = head_node_names(model) if float_head else []
+    excluded = sorted(set(head_node_names(model) if float_head else [])
+                      | {node.name for node in model.graph.node if node.op_type in FLOAT_OPS})
     quiet = _DropPreprocessAdvice()
     logging.getLogger().addFilter(quiet)  # ORT advises quant_pre_process; onnxslim already simplified the graph
     try:
@@ -116,6 +125,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, flo
         "weights": "int8 symmetric per-channel",
         "calibration_images": int(len(calibration)),
         "float_head": bool(float_head),
+        "float_ops": list(FLOAT_OPS),
         "excluded_nodes": excluded,
     }
 

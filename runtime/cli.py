@@ -72,7 +72,7 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
                      help="progress line every S seconds (0: never; default 5)")
     parser.add_argument("--io-nice", dest="io_nice", type=int, metavar="N",
                         help="nice value 0-19 of the reader and writer threads, so inference keeps the CPU first "
-                             "(Linux; default 10, 0: same priority as inference)")
+                             "(Linux; default 19, 0: same priority as inference)")
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -53,9 +53,11 @@ class _Failure:
 
 
 _END = _End()
-# Nice value of the reader and writer threads (0-19; 0: same as inference). Measured with
-# benchmarks/runtime_e2e.py: see benchmarks/results/runtime_e2e.md.
-IO_NICE = 10
+# Nice value of the reader and writer threads (0-19; 0: same as inference). With a CPU-bound thread beside
+# a 2-thread inference call on 2 cores (720p dense INT8 DisCNN-8), ONNX Runtime took 120 ms at nice 0 and
+# 92 ms at nice 10 or 19 (92 ms alone); OpenVINO, whose threads wait less politely, 65 / 52 / 43-47 ms
+# (35-36 ms alone). End to end: benchmarks/results/runtime_e2e.md.
+IO_NICE = 19
 
 
 def lower_thread_priority(nice: int) -> bool:

@@ -184,6 +184,13 @@ def quiet_video_backends() -> None:
         pass
 
 
+# FFmpeg decoder threads per capture. FFmpeg's default (one per core) decodes on worker threads created when
+# the source is opened, at the inference's priority; with 1 the decoding runs on the thread that reads the
+# frames (the pipeline's lower-priority reader, or a live source's grabber), and it costs less CPU on a
+# small machine: 1.4 instead of 2.05 CPU-ms per 720p mp4v frame.
+DECODE_THREADS = 1
+
+
 def _open_capture(spec: SourceSpec, options: StreamOptions) -> cv2.VideoCapture | None:
     """Open a ``cv2.VideoCapture`` for a camera, URL or video file; ``None`` when it does not open."""
     if spec.kind == "camera":
@@ -192,10 +199,11 @@ def _open_capture(spec: SourceSpec, options: StreamOptions) -> cv2.VideoCapture 
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.read_timeout_s * 1000),
+            cv2.CAP_PROP_N_THREADS, DECODE_THREADS,
         ]  # fmt: skip
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
     else:
-        cap = cv2.VideoCapture(str(spec.target))
+        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, DECODE_THREADS])
     if not cap.isOpened():
         cap.release()
         return None
