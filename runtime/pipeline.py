@@ -227,6 +227,7 @@ class Pipeline:
                     self.warmup = False
                     self.warmup_ms = self.detector.warmup(batch=prepared.batch)
                     log.debug("warm-up: %.0f ms", self.warmup_ms)
+                self.stats.inference_started()
                 start = time.perf_counter()
                 outputs = self.detector.infer(prepared.batch)
                 infer_ms = (time.perf_counter() - start) * 1000.0

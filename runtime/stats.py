@@ -102,6 +102,7 @@ class RunStats:
         self._started: float | None = None
         self._finished: float | None = None
         self._first_done: float | None = None
+        self._first_infer: float | None = None
         self._last_done: float | None = None
         self._last_log = 0.0
 
@@ -119,6 +120,11 @@ class RunStats:
         end = self._finished if self._finished is not None else time.monotonic()
         return end - self._started
 
+    def inference_started(self) -> None:
+        """Mark the start of the first timed inference (after the warm-up); later calls are ignored."""
+        if self._first_infer is None:
+            self._first_infer = time.monotonic()
+
     def frame_done(self, detections: int, latency_ms: dict[str, float]) -> None:
         """Record one finished frame: its detection count and its stage latencies."""
         now = time.monotonic()
@@ -134,7 +140,20 @@ class RunStats:
 
     @property
     def steady_fps(self) -> float:
-        """Frames per second between the first and the last finished frame (no warm-up, no pipeline fill)."""
+        """Frames per second once the model is warm: frames / (last finished frame - first timed inference).
+
+        Counted from the start of the first inference, not from the first
+        finished frame: a writer that lags behind at the start and drains its
+        queue at the end would otherwise squeeze the run into a shorter span
+        and overstate the rate (by up to the queue length over a short run).
+        The span includes one frame's drawing and writing, so the figure errs
+        low. Without :meth:`inference_started` it counts from the first
+        finished frame.
+        """
+        if self.frames < 1 or self._last_done is None:
+            return 0.0
+        if self._first_infer is not None and self._last_done > self._first_infer:
+            return self.frames / (self._last_done - self._first_infer)
         if self.frames < 2 or self._last_done == self._first_done:
             return 0.0
         return (self.frames - 1) / (self._last_done - self._first_done)
@@ -159,8 +178,8 @@ class RunStats:
         """The summary dict: ``frames``, ``seconds``, ``fps``, ``latency_ms``, ``detections`` plus ``extra``.
 
         ``fps`` is frames / wall seconds of the whole run (model warm-up and
-        pipeline fill included); ``fps_steady`` counts from the first finished
-        frame to the last, the rate a long run settles at.
+        pipeline fill included); ``fps_steady`` counts from the first timed
+        inference to the last finished frame, the rate a long run settles at.
         """
         seconds = self.seconds
         return {

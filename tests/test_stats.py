@@ -76,3 +76,17 @@ def test_steady_fps_counts_from_the_first_finished_frame(monkeypatch):
     for _ in range(4):
         stats.frame_done(0, {})
     assert stats.steady_fps == pytest.approx(2.0)
+
+
+def test_steady_fps_counts_from_the_first_inference_so_a_draining_writer_does_not_inflate_it(monkeypatch):
+    import runtime.stats as stats_module
+
+    # inference starts at 1 s; the writer lags and finishes 4 frames at 5.0-5.3 s: 4 frames in 4.3 s, not 3 in 0.3 s
+    clock = iter([0.0, 1.0, 5.0, 5.1, 5.2, 5.3])
+    monkeypatch.setattr(stats_module.time, "monotonic", lambda: next(clock))
+    stats = RunStats()
+    stats.start()
+    stats.inference_started()
+    for _ in range(4):
+        stats.frame_done(0, {})
+    assert stats.steady_fps == pytest.approx(4 / 4.3)
