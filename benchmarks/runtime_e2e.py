@@ -148,11 +148,9 @@ def run(models: Path, base: str, threads: int, seconds: float, tmp: Path, frames
                 row = {"frame": frame_name, "mode": combo["mode"], "stride": stride, "backend": combo["backend"],
                        "precision": combo["precision"], "artifact": combo["path"].name}
                 try:
-                    # Inference alone is timed right before and right after the end-to-end run, so a shared
-                    # machine's changing load affects both sides of the ratio alike.
-                    # Repeated end-to-end runs, each followed by another inference-only chunk, and the median
-                    # taken: a shared VM's speed drifts by 10-30 % for seconds at a time, which one run cannot
-                    # tell from a real difference.
+                    # Inference alone is timed before the first and after every end-to-end run, so a shared
+                    # machine's changing load affects both sides of the ratio alike; the median of repeated runs
+                    # is taken because the VM's speed drifts by 10-30 % for seconds at a time.
                     infer_only = InferenceOnly(cfg, frame)
                     infer_only.chunk(min_calls=3, budget_s=seconds / 4)
                     n = int(max(10, min(190, seconds * 1000.0 / statistics.median(infer_only.times))))

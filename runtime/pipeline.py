@@ -83,10 +83,10 @@ def opencv_threads(threads: int | None) -> Iterator[None]:
     """Set OpenCV's worker-thread count (process-wide: ``cv2.setNumThreads``) for a block, then restore it.
 
     ``None`` leaves it alone. The detection loop runs OpenCV single-threaded
-    unless OpenCV is the inference engine: decoding, tiling, drawing and
-    encoding then stay on the reader and writer threads instead of waking a
-    worker pool that competes with the inference threads for the same cores
-    (1080p mp4v decoding took 12 ms a frame with 2 OpenCV threads, 5 ms with 1).
+    unless OpenCV is the inference engine: tiling, resizing and drawing then
+    stay on the reader and writer threads instead of waking a worker pool that
+    competes with the inference threads for the same cores. (FFmpeg's decoder
+    threads are set per capture: ``runtime.streams.DECODE_THREADS``.)
     """
     if threads is None:
         yield
