@@ -69,7 +69,7 @@ def main() -> int:
         photos = sorted(args.photos.glob("*.jpg"))
         for photo in photos:
             shutil.copy(photo, folder / photo.name)
-        from runtime.calibrate import CalibrateConfig, calibrate
+        from patchdet.runtime.calibrate import CalibrateConfig, calibrate
 
         report = calibrate(CalibrateConfig(model=str(args.model), background=str(folder), tile=96, stride=48,
                                            backend="onnxruntime", output=str(args.output)))

@@ -54,7 +54,7 @@ def seed_reference_cache(source_out: Path, dest_out: Path) -> None:
     """Copy the torch reference outputs of one run to another run's cache (same model, same eval set)."""
     import shutil
 
-    from export.pipeline import REFERENCE_CACHE_DIR
+    from patchdet.export.pipeline import REFERENCE_CACHE_DIR
 
     source = source_out / REFERENCE_CACHE_DIR
     if source.is_dir():
@@ -65,7 +65,7 @@ def derived_checkpoints(model: Path, work: Path, count: int) -> list[Path]:
     """``count - 1`` copies of ``model`` with 1 % weight noise (distinct content, same cost)."""
     import torch
 
-    from training.checkpoint import load_checkpoint, save_checkpoint
+    from patchdet.training.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(model)
     payload.pop("path", None)
@@ -87,8 +87,8 @@ def three_clients(onnx_path: Path, eval_dir: Path, max_images: int) -> dict[str,
     import onnxruntime as ort
     import openvino as ov
 
-    from export.images import load_eval_set
-    from runtime.card import card_path_for, read_card
+    from patchdet.export.images import load_eval_set
+    from patchdet.runtime.card import card_path_for, read_card
 
     card = read_card(card_path_for(onnx_path))
     payload = {"head": card.head, "positive_class": card.positive_class,

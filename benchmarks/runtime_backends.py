@@ -34,8 +34,8 @@ def export_random_discnn8(out_dir: Path) -> dict[str, Path]:
     """Random-weight DisCNN-8 as ONNX (patch and dense), with model cards. Uses torch."""
     import torch
 
-    from runtime.card import ModelCard, card_path_for, write_card
-    from training.models import get_model
+    from patchdet.runtime.card import ModelCard, card_path_for, write_card
+    from patchdet.training.models import get_model
 
     torch.manual_seed(0)
     model = get_model("discnn8").eval()
@@ -43,8 +43,8 @@ def export_random_discnn8(out_dir: Path) -> dict[str, Path]:
     for dense in (False, True):
         path = out_dir / ("discnn8_dense.onnx" if dense else "discnn8.onnx")
         try:
-            from export.onnx import export_graph_onnx
-            from export.wrappers import build_graph
+            from patchdet.export.onnx import export_graph_onnx
+            from patchdet.export.wrappers import build_graph
 
             export_graph_onnx(build_graph(model, "modulus", dense=dense), path, 96, dense, 17)
         except ImportError:
@@ -79,7 +79,7 @@ class _ScoreGraph:  # fallback wrapper when export/ is unavailable; built lazily
 
 
 def _backends(threads: int) -> dict[str, dict]:
-    from runtime.backends import available_backends
+    from patchdet.runtime.backends import available_backends
 
     table = {}
     if "onnxruntime" in available_backends():
@@ -98,8 +98,8 @@ def _backends(threads: int) -> dict[str, dict]:
 
 
 def measure(paths: dict[str, Path], threads: int, rounds: int, skip_slow_ms: float) -> list[dict]:
-    from runtime.detector import Detector, TilingConfig
-    from runtime.tiling import tile_grid
+    from patchdet.runtime.detector import Detector, TilingConfig
+    from patchdet.runtime.tiling import tile_grid
 
     rng = np.random.default_rng(0)
     rows = []

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks.sample_clip import read_sample_clip
-from runtime.pipeline import IO_NICE
+from patchdet.runtime.pipeline import IO_NICE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -60,7 +60,7 @@ def make_videos(out_dir: Path, frames: int = 120) -> dict[str, Path]:
 
 def artifact_table(models: Path, base: str) -> list[dict]:
     """(mode, precision, backend, path) combinations whose artifact exists."""
-    from runtime.backends import available_backends
+    from patchdet.runtime.backends import available_backends
 
     have = available_backends()
     rows = []
@@ -81,7 +81,7 @@ class InferenceOnly:
     """``Detector.infer`` on one prepared frame, timed in chunks (before and after the end-to-end run)."""
 
     def __init__(self, cfg, frame) -> None:
-        from runtime.detect import load_detector
+        from patchdet.runtime.detect import load_detector
 
         self.det = load_detector(cfg)
         self.prepared = self.det.preprocess(frame)
@@ -106,7 +106,7 @@ class InferenceOnly:
 
 
 def end_to_end(cfg) -> dict:
-    from runtime.detect import detect
+    from patchdet.runtime.detect import detect
 
     summary = detect(cfg)
     return {
@@ -124,7 +124,7 @@ def run(models: Path, base: str, threads: int, seconds: float, tmp: Path, frames
         only: list[str], repeats: int = 3) -> list[dict]:
     import cv2
 
-    from runtime.detect import DetectConfig
+    from patchdet.runtime.detect import DetectConfig
 
     videos = make_videos(tmp, frames=200)
     rows = []

@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="a sentence for the report (e.g. where the model came from)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from runtime.detect import DetectConfig, detect
+    from patchdet.runtime.detect import DetectConfig, detect
 
     frame_wh = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="patchdet_soak_") as tmp:
@@ -120,7 +120,7 @@ def main() -> int:
         "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    from runtime.tiling import tile_grid
+    from patchdet.runtime.tiling import tile_grid
 
     meta["note"] = args.note
     report = {"meta": meta, "tiles_per_frame": len(tile_grid(frame_wh, 96, 96)), "model": summary["model"], "backend": summary["backend"], "frame_wh": list(frame_wh),

@@ -19,7 +19,6 @@ COPY patchdet ./patchdet
 COPY runtime ./runtime
 COPY export ./export
 COPY training ./training
-COPY benchmarks ./benchmarks
 RUN pip install ".[openvino]" \
     && useradd --create-home --uid 1000 patchdet
 USER 1000

@@ -15,7 +15,6 @@ COPY patchdet ./patchdet
 COPY runtime ./runtime
 COPY export ./export
 COPY training ./training
-COPY benchmarks ./benchmarks
 # The base image ships TensorRT and its Python bindings; onnxruntime-gpu brings the CUDA/TensorRT providers.
 RUN pip install ".[train,export]" \
     && pip uninstall -y onnxruntime \

@@ -20,7 +20,6 @@ COPY patchdet ./patchdet
 COPY runtime ./runtime
 COPY export ./export
 COPY training ./training
-COPY benchmarks ./benchmarks
 # Light runtime only: no torch on the device. cuda-python drives TensorRT engine buffers.
 RUN python3 -m pip install . "cuda-python>=12.0"
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from export.formats import FormatSpec
-from runtime.card import ModelCard, card_path_for
+from patchdet.export.formats import FormatSpec
+from patchdet.runtime.card import ModelCard, card_path_for
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def publish(staged_main: Path, spec: FormatSpec, card: ModelCard, dest_dir: Path
     Returns:
         The final path of the main artifact file.
     """
-    from runtime.card import write_card
+    from patchdet.runtime.card import write_card
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     final_main = dest_dir / staged_main.name

@@ -23,11 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from export.artifact import artifact_files, clean_stale_staging
-from export.config import ExportConfig
-from export.formats import FORMATS
-from export.pipeline import ExportJob, export_job
-from runtime.files import atomic_write_json, atomic_write_text
+from patchdet.export.artifact import artifact_files, clean_stale_staging
+from patchdet.export.config import ExportConfig
+from patchdet.export.formats import FORMATS
+from patchdet.export.pipeline import ExportJob, export_job
+from patchdet.runtime.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def ordered_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
 
 def plan_jobs(cfg: ExportConfig) -> list[ExportJob]:
     """One job per (model, format); checkpoints are resolved and hashed, names checked for clashes."""
-    from export.model_card import package_versions
+    from patchdet.export.model_card import package_versions
 
     formats = ordered_formats(cfg.formats)
     check_environment(formats)
@@ -155,7 +155,7 @@ def plan_jobs(cfg: ExportConfig) -> list[ExportJob]:
 
 def unchanged_entry(job: ExportJob) -> dict[str, Any] | None:
     """The manifest entry of an up-to-date artifact already in place, else None."""
-    from runtime.card import ModelCardError, card_path_for, read_card
+    from patchdet.runtime.card import ModelCardError, card_path_for, read_card
 
     spec = FORMATS[job.format]
     final = Path(job.cfg.out_dir) / spec.artifact_name(job.base_name)

@@ -9,7 +9,7 @@ log = logging.getLogger(__name__)
 
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
-    from export.formats import FORMATS
+    from patchdet.export.formats import FORMATS
 
     parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint files or run folders (best.pt/last.pt)")
     parser.add_argument("--formats", default=None,
@@ -38,7 +38,7 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """defaults -> YAML file -> CLI flags, into one ``ExportConfig``."""
-    from export.config import config_from_dict
+    from patchdet.export.config import config_from_dict
 
     data: dict = {}
     if args.config:
@@ -78,11 +78,11 @@ def build_config(args: argparse.Namespace):
 
 def run_export(args: argparse.Namespace) -> int:
     if args.list_formats:
-        from export.formats import format_table_markdown
+        from patchdet.export.formats import format_table_markdown
 
         print(format_table_markdown())
         return 0
-    from export.batch import MANIFEST_JSON, exit_on_sigterm, export
+    from patchdet.export.batch import MANIFEST_JSON, exit_on_sigterm, export
 
     cfg = build_config(args)
     exit_on_sigterm()  # a killed run cleans its staging folders like Ctrl-C does

@@ -122,7 +122,7 @@ class ExportConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
-        from export.formats import FORMATS  # local: formats imports nothing heavy either
+        from patchdet.export.formats import FORMATS  # local: formats imports nothing heavy either
 
         if not self.models:
             raise ValueError("no model given: expected one or more checkpoints or run folders")

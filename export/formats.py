@@ -60,19 +60,19 @@ FORMATS: dict[str, FormatSpec] = {
     spec.name: spec
     for spec in (
         FormatSpec("onnx", "", ".onnx", "fp32", "cpu", ("onnx", "onnxruntime"), "export", False,
-                   "export.onnx:build_onnx"),
+                   "patchdet.export.onnx:build_onnx"),
         FormatSpec("onnx-int8", "_int8", ".onnx", "int8", "cpu", ("onnx", "onnxruntime"), "export", True,
-                   "export.onnx_int8:build_onnx_int8"),
+                   "patchdet.export.onnx_int8:build_onnx_int8"),
         FormatSpec("openvino", "_openvino", ".xml", "fp32", "cpu", ("openvino",), "openvino", False,
-                   "export.openvino:build_openvino"),
+                   "patchdet.export.openvino:build_openvino"),
         FormatSpec("openvino-fp16", "_openvino_fp16", ".xml", "fp16", "cpu", ("openvino",), "openvino", False,
-                   "export.openvino:build_openvino"),
+                   "patchdet.export.openvino:build_openvino"),
         FormatSpec("openvino-int8", "_openvino_int8", ".xml", "int8", "cpu", ("openvino", "nncf"), "openvino", True,
-                   "export.openvino:build_openvino_int8"),
+                   "patchdet.export.openvino:build_openvino_int8"),
         FormatSpec("tensorrt-fp16", "_trt_fp16", ".engine", "fp16", "gpu", ("tensorrt",), "tensorrt", False,
-                   "export.tensorrt:build_tensorrt", source_format="onnx"),
+                   "patchdet.export.tensorrt:build_tensorrt", source_format="onnx"),
         FormatSpec("tensorrt-int8", "_trt_int8", ".engine", "int8", "gpu", ("tensorrt",), "tensorrt", True,
-                   "export.tensorrt:build_tensorrt", source_format="onnx-int8"),
+                   "patchdet.export.tensorrt:build_tensorrt", source_format="onnx-int8"),
     )
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.imagefolder import (
+from patchdet.runtime.imagefolder import (
     list_class_folders,
     list_images,
     load_images,

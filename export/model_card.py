@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from export.wrappers import DENSE_STRIDE, HEAD_OUTPUTS
-from runtime.card import ModelCard
+from patchdet.export.wrappers import DENSE_STRIDE, HEAD_OUTPUTS
+from patchdet.runtime.card import ModelCard
 
 VERSIONED_PACKAGES = ("patchdet", "torch", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "numpy",
                       "opencv-python-headless", "tensorrt")

@@ -12,9 +12,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.artifact import BuildContext, BuildResult
-from export.wrappers import HeadGraph
-from runtime.card import CARD_METADATA_KEY, ModelCard
+from patchdet.export.artifact import BuildContext, BuildResult
+from patchdet.export.wrappers import HeadGraph
+from patchdet.runtime.card import CARD_METADATA_KEY, ModelCard
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.artifact import BuildContext, BuildResult
-from export.onnx import INPUT_NAME, export_graph_onnx, write_onnx_card
+from patchdet.export.artifact import BuildContext, BuildResult
+from patchdet.export.onnx import INPUT_NAME, export_graph_onnx, write_onnx_card
 
 log = logging.getLogger(__name__)
 

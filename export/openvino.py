@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifact import BuildContext, BuildResult
-from export.onnx import export_graph_onnx
-from runtime.card import ModelCard
+from patchdet.export.artifact import BuildContext, BuildResult
+from patchdet.export.onnx import export_graph_onnx
+from patchdet.runtime.card import ModelCard
 
 log = logging.getLogger(__name__)
 

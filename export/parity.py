@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from export.config import ParityConfig
-from runtime.card import ModelCard
-from runtime.metrics import binary_report
+from patchdet.export.config import ParityConfig
+from patchdet.runtime.card import ModelCard
+from patchdet.runtime.metrics import binary_report
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_runner(path: str | Path, threads: int) -> Runner:
     ``INFERENCE_PRECISION_HINT=f32`` (the check measures the IR itself, not this
     CPU's default bf16 execution), engines with TensorRT.
     """
-    from runtime.backends import load_backend
+    from patchdet.runtime.backends import load_backend
 
     suffix = Path(path).suffix
     if suffix == ".onnx":

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from export.artifact import BuildContext, make_staging_dir, publish, remove_tree, total_size
-from export.config import ExportConfig
-from export.formats import FORMATS
+from patchdet.export.artifact import BuildContext, make_staging_dir, publish, remove_tree, total_size
+from patchdet.export.config import ExportConfig
+from patchdet.export.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def _eval_inputs(job: ExportJob, payload: dict[str, Any]):
     ``--eval`` if given; else an ImageFolder ``--calib`` tree (sub-sampled like the
     calibration set); else unlabelled calibration images; else seeded random inputs.
     """
-    from export.images import load_eval_set
-    from runtime.imagefolder import list_class_folders
+    from patchdet.export.images import load_eval_set
+    from patchdet.runtime.imagefolder import list_class_folders
 
     cfg = job.cfg
     source, limit = cfg.eval_dir, cfg.parity.max_images
@@ -88,7 +88,7 @@ def _eval_inputs(job: ExportJob, payload: dict[str, Any]):
                            for i in eval_set.labels], dtype=np.int64)
         return eval_set.inputs, labels, eval_set.is_positive, eval_set.info
     if cfg.calib_dir is not None:
-        from export.images import load_calibration
+        from patchdet.export.images import load_calibration
 
         inputs, info = load_calibration(cfg.calib_dir, payload, cfg.calibration.num_images, 1, "all", cfg.parity.seed)
         info = {**info, "note": "unlabelled calibration images: numerical parity only, no F1"}
@@ -116,7 +116,7 @@ def _reference(key: tuple, graph: Any, inputs: np.ndarray, batch_size: int, cach
     """
     import hashlib
 
-    from export.parity import run_batched, torch_runner
+    from patchdet.export.parity import run_batched, torch_runner
 
     if key in _REFERENCE_CACHE:
         return _REFERENCE_CACHE[key]
@@ -144,9 +144,9 @@ def _reference(key: tuple, graph: Any, inputs: np.ndarray, batch_size: int, cach
 
 def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: Any, payload: dict[str, Any]) -> dict:
     """Run the artifact and torch on the evaluation inputs and compare (see ``export.parity``)."""
-    from export.images import aligned_windows, mosaic
-    from export.parity import compare_outputs, dense_vs_patch, load_runner, run_batched
-    from export.wrappers import build_graph
+    from patchdet.export.images import aligned_windows, mosaic
+    from patchdet.export.parity import compare_outputs, dense_vs_patch, load_runner, run_batched
+    from patchdet.export.wrappers import build_graph
 
     cfg = job.cfg
     spec = FORMATS[job.format]
@@ -215,10 +215,10 @@ def export_job(job: ExportJob) -> dict[str, Any]:
 
 
 def _export(job: ExportJob, spec, out_dir: Path, new_staging) -> dict[str, Any]:
-    from export.images import load_calibration, mosaic
-    from export.model_card import build_card
-    from export.wrappers import build_graph
-    from training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from patchdet.export.images import load_calibration, mosaic
+    from patchdet.export.model_card import build_card
+    from patchdet.export.wrappers import build_graph
+    from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     cfg = job.cfg
     set_threads(job.threads)

@@ -19,8 +19,8 @@ import os
 import shlex
 from pathlib import Path
 
-from export.artifact import BuildContext, BuildResult
-from export.formats import FORMATS
+from patchdet.export.artifact import BuildContext, BuildResult
+from patchdet.export.formats import FORMATS
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.card import CARD_METADATA_KEY, ModelCard, ModelCardError, card_path_for, read_card
+from patchdet.runtime.card import CARD_METADATA_KEY, ModelCard, ModelCardError, card_path_for, read_card
 
 
 def read_artifact_card(artifact: str | Path) -> ModelCard:

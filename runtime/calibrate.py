@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime import metrics
-from runtime.streams import StreamOptions, open_source
+from patchdet.runtime import metrics
+from patchdet.runtime.streams import StreamOptions, open_source
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class CalibrateConfig:
 
 
 def load_calibrate_config(yaml_path: str | Path | None = None, **overrides: Any) -> CalibrateConfig:
-    from patchdet.config import build_config
+    from patchdet.runtime.config import build_config
 
     return build_config(CalibrateConfig, yaml_path, **overrides)
 
@@ -247,7 +247,7 @@ def background_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
 
 def score_labelled(detector, cfg: CalibrateConfig, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Scores and truth (positive class?) of every labelled patch."""
-    from runtime.imagefolder import list_class_folders, load_images, normalize_batch, scan_image_folder
+    from patchdet.runtime.imagefolder import list_class_folders, load_images, normalize_batch, scan_image_folder
 
     card = detector.card
     if detector.dense:
@@ -298,8 +298,8 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         The report: ``threshold`` (chosen), ``previous_threshold``, ``card`` (path written),
         and ``background`` / ``labelled`` details.
     """
-    from runtime.card import write_card
-    from runtime.detect import DetectConfig, load_detector
+    from patchdet.runtime.card import write_card
+    from patchdet.runtime.detect import DetectConfig, load_detector
 
     detect_cfg = DetectConfig(model=cfg.model, card=cfg.card, backend=cfg.backend, threads=cfg.threads,
                               tile=cfg.tile, stride=cfg.stride, scales=cfg.scales, dense=cfg.dense)
@@ -333,7 +333,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     write_card(calibrated, output)
     report.update(threshold=threshold, card=str(output))
     if cfg.report:
-        from runtime.detect import write_summary
+        from patchdet.runtime.detect import write_summary
 
         write_summary(report, cfg.report)
     log.info("threshold %.4g (was %.4g) written to %s", threshold, previous, output)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.files import atomic_write_text
+from patchdet.runtime.files import atomic_write_text
 
 CARD_FORMAT = "patchdet-model-card"
 CARD_VERSION = 1

@@ -77,7 +77,7 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
 
 def run_detect(args: argparse.Namespace) -> int:
     """Build the ``DetectConfig`` and run ``detect``; prints the summary JSON."""
-    from runtime.detect import detect, load_detect_config
+    from patchdet.runtime.detect import detect, load_detect_config
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",
@@ -115,7 +115,7 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Build the ``CalibrateConfig`` and run ``calibrate``; prints the report JSON."""
-    from runtime.calibrate import calibrate, load_calibrate_config
+    from patchdet.runtime.calibrate import calibrate, load_calibrate_config
 
     keys = ("model", "card", "backend", "threads", "tile", "stride", "scales", "dense", "background", "false_alarms",
             "per", "fps", "max_frames", "vid_stride", "labelled", "positive_class", "negative_classes",

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.files import atomic_write_json
-from runtime.pipeline import IO_NICE, Pipeline, opencv_threads
-from runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
-from runtime.stats import RunStats
-from runtime.streams import StreamOptions, open_source
+from patchdet.runtime.files import atomic_write_json
+from patchdet.runtime.pipeline import IO_NICE, Pipeline, opencv_threads
+from patchdet.runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
+from patchdet.runtime.stats import RunStats
+from patchdet.runtime.streams import StreamOptions, open_source
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class DetectConfig:
 
 def load_detect_config(yaml_path: str | Path | None = None, **overrides: Any) -> DetectConfig:
     """Defaults <- YAML file <- overrides (``None`` values mean "not given")."""
-    from patchdet.config import build_config
+    from patchdet.runtime.config import build_config
 
     return build_config(DetectConfig, yaml_path, **overrides)
 
@@ -163,7 +163,7 @@ def resolve_model(cfg: DetectConfig) -> Path:
 
 def resolve_tiling(cfg: DetectConfig, input_wh: tuple[int, int], builtin_clip: bool):
     """The ``TilingConfig`` for a run (tile/stride defaults filled in)."""
-    from runtime.detector import TilingConfig
+    from patchdet.runtime.detector import TilingConfig
 
     if builtin_clip:
         tile = cfg.tile or DEFAULT_CLIP_TILE
@@ -179,26 +179,26 @@ def resolve_tiling(cfg: DetectConfig, input_wh: tuple[int, int], builtin_clip: b
 
 def load_detector(cfg: DetectConfig, builtin_clip: bool = False):
     """Build the ``Detector`` a config asks for; backend failures become one-line ``OSError``."""
-    from runtime.backends import BackendError, MissingBackendError
-    from runtime.detector import Detector, read_artifact_card
+    from patchdet.runtime.backends import BackendError, MissingBackendError
+    from patchdet.runtime.detector import Detector, read_artifact_card
 
     model = resolve_model(cfg)
     card = cfg.card
     if card is None:
         card = read_artifact_card(model)
     else:
-        from runtime.card import read_card
+        from patchdet.runtime.card import read_card
 
         card = read_card(card)
     tiling = resolve_tiling(cfg, card.input_wh, builtin_clip)
     threshold = cfg.threshold
     if threshold is None and builtin_clip and cfg.model is None and cfg.card is None and DEFAULT_CLIP_CARD.is_file():
-        from runtime.card import read_card
+        from patchdet.runtime.card import read_card
 
         threshold = read_card(DEFAULT_CLIP_CARD).threshold
         log.info("built-in clip: threshold %.4g calibrated on street background (%s)", threshold,
                  DEFAULT_CLIP_CARD.name)
-    from runtime.backends import resolve_backend_name
+    from patchdet.runtime.backends import resolve_backend_name
 
     # Spin-waiting ONNX Runtime threads starve the pipeline's reader and writer threads on a small CPU.
     options = {"spinning": False} if resolve_backend_name(model, cfg.backend) == "onnxruntime" else None
@@ -276,7 +276,7 @@ def detect(cfg: DetectConfig) -> dict:
         )
         config_path = config_path_for(cfg)
         if config_path is not None:
-            from patchdet.config import write_config
+            from patchdet.runtime.config import write_config
 
             write_config(resolved, config_path)
         stats = RunStats()

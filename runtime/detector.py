@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.artifact import read_artifact_card
-from runtime.backends import load_backend
-from runtime.card import ModelCard, read_card
-from runtime.decisions import DecisionRule, decide_tiles
-from runtime.detections import MERGE_METHODS, Detections, merge_boxes
-from runtime.preprocess import BufferPool, Normalization, as_bgr, frame_to_blob, tiles_to_blob
-from runtime.tiling import as_wh, coverage_max, dense_coverage_max, dense_window_boxes, multiscale_grid
+from patchdet.runtime.artifact import read_artifact_card
+from patchdet.runtime.backends import load_backend
+from patchdet.runtime.card import ModelCard, read_card
+from patchdet.runtime.decisions import DecisionRule, decide_tiles
+from patchdet.runtime.detections import MERGE_METHODS, Detections, merge_boxes
+from patchdet.runtime.preprocess import BufferPool, Normalization, as_bgr, frame_to_blob, tiles_to_blob
+from patchdet.runtime.tiling import as_wh, coverage_max, dense_coverage_max, dense_window_boxes, multiscale_grid
 
 logger = logging.getLogger(__name__)
 

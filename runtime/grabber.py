@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from runtime import streams
-from runtime.streams import Frame, FrameSource, SourceSpec, StreamOptions, _valid_image
+from patchdet.runtime import streams
+from patchdet.runtime.streams import Frame, FrameSource, SourceSpec, StreamOptions, _valid_image
 
 log = logging.getLogger(__name__)
 

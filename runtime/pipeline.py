@@ -36,9 +36,9 @@ from typing import Any
 
 import cv2
 
-from runtime.sinks import FrameRecord, SinkSet
-from runtime.stats import RunStats
-from runtime.streams import FrameSource
+from patchdet.runtime.sinks import FrameRecord, SinkSet
+from patchdet.runtime.stats import RunStats
+from patchdet.runtime.streams import FrameSource
 
 log = logging.getLogger(__name__)
 

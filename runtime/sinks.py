@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from runtime.streams import Frame
+from patchdet.runtime.streams import Frame
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.imagefolder import IMAGE_SUFFIXES, list_images
+from patchdet.runtime.imagefolder import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +425,6 @@ def open_source(text: str | int, options: StreamOptions | None = None) -> FrameS
     drop = spec.live if options.drop_frames is None else options.drop_frames
     if spec.kind == "video" and not drop:
         return VideoFileSource(spec, options)
-    from runtime.grabber import LiveSource  # imports this module: kept lazy
+    from patchdet.runtime.grabber import LiveSource  # imports this module: kept lazy
 
     return LiveSource(spec, options)

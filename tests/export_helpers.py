@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.models import get_model
+from patchdet.training.checkpoint import save_checkpoint
+from patchdet.training.models import get_model
 
 CLASSES = ("automobile", "bird", "cat")
 

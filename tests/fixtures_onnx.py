@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.card import CARD_METADATA_KEY, ModelCard, card_path_for, write_card
+from patchdet.runtime.card import CARD_METADATA_KEY, ModelCard, card_path_for, write_card
 
 PATCH = 32
 EMBED = 4

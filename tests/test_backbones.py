@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.backbones import PODClassifier, default_latent_dim
-from training.models import count_parameters, get_model, list_models
-from training.pedcc import pedcc_centroids
+from patchdet.training.backbones import PODClassifier, default_latent_dim
+from patchdet.training.models import count_parameters, get_model, list_models
+from patchdet.training.pedcc import pedcc_centroids
 
 POD_ARCHS = ("smallcnn", "mobilenetv2", "resnet18")
 

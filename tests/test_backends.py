@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import backends
-from runtime.backends import (
+from patchdet.runtime import backends
+from patchdet.runtime.backends import (
     BackendError,
     MissingBackendError,
     available_backends,
@@ -325,7 +325,7 @@ def test_tensorrt_backend_logic_with_fake_modules(monkeypatch, tmp_path):
 
 
 def test_auto_says_which_backend_it_picked(models, caplog):
-    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+    with caplog.at_level(logging.INFO, logger="patchdet.runtime.backends"):
         backend = load_backend(models["modulus"])
     assert backend.name == "onnxruntime"
     assert any("backend onnxruntime (picked by auto) for modulus.onnx" in r.getMessage() for r in caplog.records)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from patchdet.cli import main
-from runtime.calibrate import (
+from patchdet.runtime.calibrate import (
     CalibrateConfig,
     calibrate,
     threshold_for_false_alarms,
     threshold_for_precision,
     threshold_for_recall,
 )
-from runtime.card import read_card
-from runtime.detector import Detector, TilingConfig
+from patchdet.runtime.card import read_card
+from patchdet.runtime.detector import Detector, TilingConfig
 from tests.fixtures_onnx import MODULUS_THRESHOLD, write_model
 from tests.runtime_media import write_video
 

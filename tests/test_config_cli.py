@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from patchdet.cli import COMMANDS, main
-from patchdet.config import build_config, parse_key_values
-from training.config import AugmentConfig, TrainConfig
+from patchdet.runtime.config import build_config, parse_key_values
+from patchdet.training.config import AugmentConfig, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from patchdet.cli import main
-from runtime import detect as detect_module
-from runtime.detect import DetectConfig, config_path_for, detect, load_detect_config, resolve_tiling
+from patchdet.runtime import detect as detect_module
+from patchdet.runtime.detect import DetectConfig, config_path_for, detect, load_detect_config, resolve_tiling
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, read_video, square_box, write_video
 
@@ -100,7 +100,7 @@ def test_dense_model(tmp_path, video):
 
 
 def test_ctrl_c_leaves_complete_outputs(tmp_path, model, video, monkeypatch):
-    from runtime.detector import WARMUP_CALLS, Detector
+    from patchdet.runtime.detector import WARMUP_CALLS, Detector
 
     real_infer = Detector.infer
     calls = []
@@ -120,7 +120,7 @@ def test_ctrl_c_leaves_complete_outputs(tmp_path, model, video, monkeypatch):
 
 
 def test_backend_is_warmed_up_before_the_first_frame(tmp_path, model, video, monkeypatch):
-    from runtime.detector import WARMUP_CALLS, Detector
+    from patchdet.runtime.detector import WARMUP_CALLS, Detector
 
     real_infer = Detector.infer
     calls = []
@@ -216,8 +216,9 @@ def test_cli_prints_the_summary(tmp_path, model, video, capsys):
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, runtime.detect, runtime.streams, runtime.sinks, runtime.stats, runtime.calibrate, "
-            "runtime.cli, runtime.detector; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = ("import sys, patchdet.runtime.detect, patchdet.runtime.streams, patchdet.runtime.sinks, "
+            "patchdet.runtime.stats, patchdet.runtime.calibrate, "
+            "patchdet.runtime.cli, patchdet.runtime.detector; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -230,7 +231,7 @@ def test_builtin_default_runs(tmp_path):
 
 
 def test_builtin_default_uses_the_clip_threshold(tmp_path, model, video, monkeypatch):
-    from runtime.card import read_card, write_card
+    from patchdet.runtime.card import read_card, write_card
 
     clip_card = tmp_path / "clip.card.json"
     write_card(read_card(model.with_name("bright.card.json")).replace(threshold=1e6), clip_card)

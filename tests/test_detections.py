@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.detections import Detections, box_iou, merge_boxes, nms_indices
+from patchdet.runtime.detections import Detections, box_iou, merge_boxes, nms_indices
 
 
 def _dets(boxes, scores=None, classes=None):

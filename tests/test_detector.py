@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from runtime.backends import available_backends
-from runtime.card import ModelCardError, card_path_for, read_card, write_card
-from runtime.detector import Detector, TilingConfig, read_artifact_card, validate_threshold
+from patchdet.runtime.backends import available_backends
+from patchdet.runtime.card import ModelCardError, card_path_for, read_card, write_card
+from patchdet.runtime.detector import Detector, TilingConfig, read_artifact_card, validate_threshold
 from tests.fixtures_onnx import MODULUS_THRESHOLD, fixture_card, white_square_frame, write_model
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -301,7 +301,7 @@ def test_decisions_recompute_missing_outputs(model_dir, kind, drop):
 def test_buffer_pool_does_not_keep_dropped_buffers():
     import gc
 
-    from runtime.preprocess import BufferPool
+    from patchdet.runtime.preprocess import BufferPool
 
     pool = BufferPool(max_per_key=2)
     kept = [pool.take((2, 3)) for _ in range(3)]

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from patchdet.cli import main
-from training.config import TrainConfig
-from training.evaluate import EvalConfig, evaluate, format_report
-from training.graft import GraftConfig, graft
-from training.train import train
+from patchdet.training.config import TrainConfig
+from patchdet.training.evaluate import EvalConfig, evaluate, format_report
+from patchdet.training.graft import GraftConfig, graft
+from patchdet.training.train import train
 
 
 @pytest.fixture
@@ -77,8 +77,8 @@ def test_graft_needs_two_classes(tiny_checkpoint, tiny_folder, tmp_path, capsys)
 
 
 def test_evaluate_exported_artifact_matches_checkpoint(tiny_checkpoint, tiny_folder, tmp_path):
-    from export.batch import export
-    from export.config import ExportConfig
+    from patchdet.export.batch import export
+    from patchdet.export.config import ExportConfig
 
     manifest = export(ExportConfig(models=(str(tiny_checkpoint),), formats=("onnx",), out_dir=str(tmp_path / "out"),
                                    eval_dir=str(tiny_folder)))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from export.batch import export
-from export.config import ExportConfig
-from export.formats import FORMATS
+from patchdet.export.batch import export
+from patchdet.export.config import ExportConfig
+from patchdet.export.formats import FORMATS
 from patchdet.cli import main
 from tests.export_helpers import make_checkpoint, make_image_folder
 
@@ -75,7 +75,7 @@ def test_parallel_workers_export_several_models(workspace, tmp_path):
 
 
 def test_tensorrt_is_skipped_with_reason_and_trtexec_command(workspace):
-    from export.tensorrt import tensorrt_unavailable_reason
+    from patchdet.export.tensorrt import tensorrt_unavailable_reason
 
     if tensorrt_unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are present: the engine is really built (see test_tensorrt_engine)")
@@ -186,7 +186,7 @@ def test_full_disk_leaves_no_artifact_under_the_final_name(workspace, monkeypatc
 
 
 def test_interrupted_run_leaves_nothing_half_written(workspace, monkeypatch):
-    import export.pipeline as pipeline
+    import patchdet.export.pipeline as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -211,7 +211,7 @@ def test_stale_staging_folders_are_cleaned(workspace):
 
 
 def test_parity_failure_is_not_shipped_under_the_final_name(workspace):
-    from export.config import ParityConfig
+    from patchdet.export.config import ParityConfig
 
     cfg = ExportConfig(models=(str(workspace["ckpt"]),), formats=("onnx",), out_dir=str(workspace["out"]),
                        eval_dir=str(workspace["eval"]), parity=ParityConfig(fp32_rel_tol=0.0))
@@ -256,7 +256,7 @@ def test_two_models_with_the_same_name_are_refused(workspace, tmp_path):
 def test_yaml_config_with_cli_overrides(workspace, tmp_path):
     import argparse
 
-    from export.cli import build_config, configure_export
+    from patchdet.export.cli import build_config, configure_export
 
     config = tmp_path / "export.yaml"
     config.write_text("formats: [onnx, onnx-int8]\nworkers: 2\ncalibration:\n  num_images: 64\nparity:\n"

@@ -10,14 +10,14 @@ import onnx
 import pytest
 import torch
 
-from export.batch import export
-from export.config import ExportConfig
-from export.formats import CPU_FORMATS, FORMATS, format_table_markdown
-from export.onnx import export_graph_onnx, read_onnx_card
-from export.wrappers import HEAD_OUTPUTS, build_graph
-from runtime.card import card_path_for, read_card
+from patchdet.export.batch import export
+from patchdet.export.config import ExportConfig
+from patchdet.export.formats import CPU_FORMATS, FORMATS, format_table_markdown
+from patchdet.export.onnx import export_graph_onnx, read_onnx_card
+from patchdet.export.wrappers import HEAD_OUTPUTS, build_graph
+from patchdet.runtime.card import card_path_for, read_card
 from tests.export_helpers import make_checkpoint, make_image_folder
-from training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs the [openvino] extra (openvino, nncf)")
@@ -104,7 +104,7 @@ def test_onnx_and_int8_artifacts_carry_complete_cards(tmp_path):
     qdq = {node.op_type for node in onnx.load(int8["path"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= qdq
     # The runtime finds the embedded card when the JSON beside the file is gone.
-    from runtime.artifact import read_artifact_card
+    from patchdet.runtime.artifact import read_artifact_card
 
     card_path_for(int8["path"]).unlink()
     assert read_artifact_card(int8["path"]).parity == int8["parity"]
@@ -125,7 +125,7 @@ def test_int8_keeps_head_in_float_when_asked(tmp_path):
 
 
 def test_int8_keeps_fully_connected_layers_float_and_runs_on_opencv(tmp_path):
-    from runtime.backends import load_backend
+    from patchdet.runtime.backends import load_backend
 
     entries = _export_all(tmp_path, ["onnx-int8"])
     path = entries[0]["path"]
@@ -159,7 +159,7 @@ def test_dense_export_reports_patch_model_agreement(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["modulus", "cosine"])
 def test_openvino_formats_export_and_pass_parity(tmp_path, head):
-    from export.openvino import read_openvino_card
+    from patchdet.export.openvino import read_openvino_card
 
     entries = _export_all(tmp_path, ["openvino", "openvino-fp16", "openvino-int8"], head=head)
     assert [e["status"] for e in entries] == ["ok", "ok", "ok"], [e["reason"] for e in entries]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.config import ParityConfig
-from export.parity import compare_outputs, matched_threshold
-from runtime.card import ModelCard
+from patchdet.export.config import ParityConfig
+from patchdet.export.parity import compare_outputs, matched_threshold
+from patchdet.runtime.card import ModelCard
 
 CARD = ModelCard(name="t", arch="discnn8", head="modulus", input_wh=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
                  class_names=("automobile",), positive_class="automobile", threshold=1.0)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.images import aligned_windows, mosaic
-from export.wrappers import HEAD_OUTPUTS, DenseBody, build_graph
+from patchdet.export.images import aligned_windows, mosaic
+from patchdet.export.wrappers import HEAD_OUTPUTS, DenseBody, build_graph
 from tests.export_helpers import randomize_batchnorm
-from training.models import get_model
+from patchdet.training.models import get_model
 
 
 def _model(input_size: int = 32, nonnegative: bool = True) -> torch.nn.Module:

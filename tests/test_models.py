@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.models import count_parameters, get_model, list_models, register_model
+from patchdet.training.models import count_parameters, get_model, list_models, register_model
 
 # Table 2 of the DisCNN paper: 0.149 M and 0.028 M trainable parameters.
 PAPER_PARAMETERS = {"discnn8": 148_568, "discnn1": 28_295}

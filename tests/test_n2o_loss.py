@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from training.losses import build_loss
-from training.losses.n2o import N2OLoss, N2OSoftmaxLoss
+from patchdet.training.losses import build_loss
+from patchdet.training.losses.n2o import N2OLoss, N2OSoftmaxLoss
 
 FORMULATIONS = [
     pytest.param(lambda: N2OLoss(scale=1.0, target_norm=4.0, compactness=0.1), id="n2o"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.pedcc import check_centroids, pedcc_centroids
+from patchdet.training.pedcc import check_centroids, pedcc_centroids
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from training.losses.cosine import CosineLoss
-from training.losses.nac import NaCLoss
-from training.losses.pod import PODLoss
-from training.losses.sc import SCLoss
-from training.losses.softmax import SoftmaxLoss
+from patchdet.training.losses.cosine import CosineLoss
+from patchdet.training.losses.nac import NaCLoss
+from patchdet.training.losses.pod import PODLoss
+from patchdet.training.losses.sc import SCLoss
+from patchdet.training.losses.softmax import SoftmaxLoss
 
 # Three classes in 2-D: a regular simplex written out by hand.
 CENTROIDS = torch.tensor([[1.0, 0.0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]])

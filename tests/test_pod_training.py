@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tests.conftest import make_image_folder
-from training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
-from training.evaluate import EvalConfig, evaluate, format_report
-from training.losses import LOSS_HEADS
-from training.pedcc import pedcc_centroids
-from training.pod import (
+from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from patchdet.training.config import TrainConfig
+from patchdet.training.evaluate import EvalConfig, evaluate, format_report
+from patchdet.training.losses import LOSS_HEADS
+from patchdet.training.pedcc import pedcc_centroids
+from patchdet.training.pod import (
     check_checkpoint_centroids,
     check_same_classes,
     cosine_to_centroids,
@@ -25,7 +25,7 @@ from training.pod import (
     norm_split_accuracy,
     pod_predict,
 )
-from training.train import train
+from patchdet.training.train import train
 
 CLASSES = {"car": 8, "bird": 8, "cat": 8}
 

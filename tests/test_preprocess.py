@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.preprocess import BufferPool, Normalization, frame_to_blob
+from patchdet.runtime.preprocess import BufferPool, Normalization, frame_to_blob
 
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 

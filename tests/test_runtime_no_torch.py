@@ -19,13 +19,14 @@ CHILD = textwrap.dedent(
     import importlib, importlib.abc, json, pkgutil, sys, traceback
     from pathlib import Path
 
-    BLOCKED = ("torch", "torchvision", "onnx", "training", "export")
+    BLOCKED = ("torch", "torchvision", "onnx", "training", "export", "runtime", "benchmarks",
+               "patchdet.training", "patchdet.export", "patchdet.cli")
     RUNTIME_DIR = str(Path(sys.argv[1]) / "runtime")
     attempts = []
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
+            if name.split(".")[0] in BLOCKED or any(name == b or name.startswith(b + ".") for b in BLOCKED):
                 callers = [f.filename for f in traceback.extract_stack() if f.filename.startswith(RUNTIME_DIR)]
                 attempts.append({"module": name, "from_runtime": callers[-1:]})
                 raise ImportError(f"{name} is blocked in this test")
@@ -35,13 +36,13 @@ CHILD = textwrap.dedent(
     for name in BLOCKED:
         sys.modules.pop(name, None)
 
-    import runtime
-    names = ["runtime"]
-    for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
+    import patchdet.runtime
+    names = ["patchdet.runtime"]
+    for info in pkgutil.walk_packages(patchdet.runtime.__path__, "patchdet.runtime."):
         importlib.import_module(info.name)
         names.append(info.name)
 
-    from runtime.detector import Detector, TilingConfig
+    from patchdet.runtime.detector import Detector, TilingConfig
     import numpy as np
     frame = np.zeros((96, 160, 3), np.uint8)
     frame[20:60, 40:80] = 255
@@ -82,8 +83,9 @@ def test_runtime_imports_and_detects_without_torch(tmp_path):
                           text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"runtime.tiling", "runtime.detections", "runtime.detector", "runtime.backends",
-            "runtime.backends.onnxruntime", "runtime.card"} <= set(report["modules"])
+    assert {"patchdet.runtime.tiling", "patchdet.runtime.detections", "patchdet.runtime.detector",
+            "patchdet.runtime.backends", "patchdet.runtime.backends.onnxruntime",
+            "patchdet.runtime.card"} <= set(report["modules"])
     assert report["runtime_import_attempts"] == []
     assert report["torch_loaded"] is False
     assert report["positives"] == 4 and len(report["boxes"]) == 1

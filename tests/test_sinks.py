@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.detections import Detections
-from runtime.sinks import (
+from patchdet.runtime.detections import Detections
+from patchdet.runtime.sinks import (
     CropSink,
     DisplaySink,
     FrameRecord,
@@ -20,7 +20,7 @@ from runtime.sinks import (
     heatmap_overlay,
     partial_path,
 )
-from runtime.streams import Frame
+from patchdet.runtime.streams import Frame
 from tests.runtime_media import read_video
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.stats import STAGES, FpsMonitor, LatencyTracker, RunStats
+from patchdet.runtime.stats import STAGES, FpsMonitor, LatencyTracker, RunStats
 
 
 def test_fps_from_timestamps():
@@ -67,7 +67,7 @@ def test_run_summary_has_the_documented_keys():
 
 
 def test_steady_fps_counts_from_the_first_finished_frame(monkeypatch):
-    import runtime.stats as stats_module
+    import patchdet.runtime.stats as stats_module
 
     clock = iter([0.0, 10.0, 10.5, 11.0, 11.5])  # start, then four frames 0.5 s apart after a slow first one
     monkeypatch.setattr(stats_module.time, "monotonic", lambda: next(clock))
@@ -79,7 +79,7 @@ def test_steady_fps_counts_from_the_first_finished_frame(monkeypatch):
 
 
 def test_steady_fps_counts_from_the_first_inference_so_a_draining_writer_does_not_inflate_it(monkeypatch):
-    import runtime.stats as stats_module
+    import patchdet.runtime.stats as stats_module
 
     # inference starts at 1 s; the writer lags and finishes 4 frames at 5.0-5.3 s: 4 frames in 4.3 s, not 3 in 0.3 s
     clock = iter([0.0, 1.0, 5.0, 5.1, 5.2, 5.3])

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import streams
-from runtime.grabber import LiveSource, describe_camera_failure
-from runtime.streams import SourceSpec, StreamOptions, open_source, parse_source
+from patchdet.runtime import streams
+from patchdet.runtime.grabber import LiveSource, describe_camera_failure
+from patchdet.runtime.streams import SourceSpec, StreamOptions, open_source, parse_source
 from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, write_video
 
 

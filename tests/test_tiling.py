@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.tiling import (
+from patchdet.runtime.tiling import (
     coverage_max,
     dense_coverage_max,
     dense_window_boxes,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
-from training.train import TrainingDiverged, train
+from patchdet.training.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from patchdet.training.config import TrainConfig
+from patchdet.training.train import TrainingDiverged, train
 
 
 def _cfg(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -89,7 +89,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="unknown architecture 'resnet999'"):
         load_checkpoint(foreign)
     wrong = tmp_path / "wrong.pt"
-    from training.models import get_model
+    from patchdet.training.models import get_model
 
     save_checkpoint({"arch": "discnn1", "arch_kwargs": {}, "state_dict": get_model("discnn8").state_dict()}, wrong)
     with pytest.raises(CheckpointError, match="do not fit architecture 'discnn1'"):

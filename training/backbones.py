@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.models import register_model
-from training.pedcc import check_pedcc_shape
+from patchdet.training.models import register_model
+from patchdet.training.pedcc import check_pedcc_shape
 
 POD_HEADS = ("cosine", "softmax")
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.files import atomic_output
-from training.models import get_model, list_models
+from patchdet.runtime.files import atomic_output
+from patchdet.training.models import get_model, list_models
 
 CHECKPOINT_FORMAT = "patchdet-checkpoint"
 CHECKPOINT_VERSION = 1

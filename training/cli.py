@@ -75,18 +75,18 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.list_models:
-        from training.models import list_models
+        from patchdet.training.models import list_models
 
         print("\n".join(list_models()))
         return 0
     if args.list_losses:
-        from training.losses import LOSS_HEADS
+        from patchdet.training.losses import LOSS_HEADS
 
         print("\n".join(f"{name}\t{head}" for name, head in sorted(LOSS_HEADS.items())))
         return 0
-    from patchdet.config import build_config, parse_key_values
-    from training.config import TrainConfig
-    from training.train import train
+    from patchdet.runtime.config import build_config, parse_key_values
+    from patchdet.training.config import TrainConfig
+    from patchdet.training.train import train
 
     cfg = build_config(
         TrainConfig,
@@ -140,7 +140,7 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import EvalConfig, evaluate, format_report
+    from patchdet.training.evaluate import EvalConfig, evaluate, format_report
 
     cfg = EvalConfig(
         model=args.model,
@@ -187,7 +187,7 @@ def configure_graft(parser: argparse.ArgumentParser) -> None:
 
 
 def run_graft(args: argparse.Namespace) -> int:
-    from training.graft import GraftConfig, graft
+    from patchdet.training.graft import GraftConfig, graft
 
     classes = _names(args.classes)
     if classes is None or len(classes) != 2:

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from runtime.imagefolder import load_images, resize_to, scan_image_folder
-from training.config import AugmentConfig
+from patchdet.runtime.imagefolder import load_images, resize_to, scan_image_folder
+from patchdet.training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 

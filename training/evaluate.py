@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.imagefolder import load_images, normalize_batch, scan_image_folder
-from runtime.metrics import best_f1_threshold, binary_report, fraction_above, fraction_at_origin, threshold_sweep
+from patchdet.runtime.imagefolder import load_images, normalize_batch, scan_image_folder
+from patchdet.runtime.metrics import best_f1_threshold, binary_report, fraction_above, fraction_at_origin, threshold_sweep
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CheckpointScorer(_Scorer):
     def __init__(self, path: str) -> None:
         import torch
 
-        from training.checkpoint import build_model_from_checkpoint, load_checkpoint
+        from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
         self._torch = torch
         payload = load_checkpoint(path)
@@ -93,8 +93,8 @@ class CheckpointScorer(_Scorer):
 
 class ArtifactScorer(_Scorer):
     def __init__(self, path: str, backend: str) -> None:
-        from runtime.artifact import read_artifact_card
-        from runtime.backends import load_backend
+        from patchdet.runtime.artifact import read_artifact_card
+        from patchdet.runtime.backends import load_backend
 
         self.card = read_artifact_card(path)
         if self.card.dense:
@@ -140,7 +140,7 @@ def score_folder(scorer: _Scorer, data: str, class_names: list[str], batch_size:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     scorer = load_scorer(cfg.model, cfg.backend)
     if scorer.head != "modulus":
-        from training.evaluate_multiclass import evaluate_multiclass  # POD / softmax heads
+        from patchdet.training.evaluate_multiclass import evaluate_multiclass  # POD / softmax heads
 
         return evaluate_multiclass(cfg, scorer)
     positive = cfg.positive or scorer.positive
@@ -186,7 +186,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """A terminal table in the layout of the paper's Tables 3-5."""
     if report.get("head", "modulus") != "modulus":
-        from training.evaluate_multiclass import format_multiclass
+        from patchdet.training.evaluate_multiclass import format_multiclass
 
         return format_multiclass(report)
     lines = [f"model {report['model']}  positive {report['positive']}  negatives {', '.join(report['negatives'])}",

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.imagefolder import list_class_folders
-from training.pedcc import check_centroids
-from training.pod import check_same_classes, multiclass_evaluation
+from patchdet.runtime.imagefolder import list_class_folders
+from patchdet.training.pedcc import check_centroids
+from patchdet.training.pod import check_same_classes, multiclass_evaluation
 
 
 def _latent_norm_hook(scorer: Any):
@@ -59,7 +59,7 @@ def evaluate_multiclass(cfg: Any, scorer: Any) -> dict[str, Any]:
     ``cfg.classes`` restricts evaluation to some of the model's classes;
     otherwise the folder's class folders must be exactly the model's.
     """
-    from training.evaluate import score_folder
+    from patchdet.training.evaluate import score_folder
 
     model_classes = list(scorer.class_names)
     if scorer.head == "cosine":

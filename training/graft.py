@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.checkpoint import build_model_from_checkpoint, load_checkpoint
-from training.data import load_image_set, normalize_on_device, stratified_split
-from training.models import get_model
-from training.train import autocast_for, resolve_device, seed_everything
+from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from patchdet.training.data import load_image_set, normalize_on_device, stratified_split
+from patchdet.training.models import get_model
+from patchdet.training.train import autocast_for, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 

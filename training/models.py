@@ -129,4 +129,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Registers the POD backbones (small CNN, MobileNetV2, ResNet-18) beside DisCNN.
-from training import backbones as _backbones  # noqa: E402,F401
+from patchdet.training import backbones as _backbones  # noqa: E402,F401

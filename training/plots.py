@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime.metrics import threshold_sweep  # noqa: E402
+from patchdet.runtime.metrics import threshold_sweep  # noqa: E402
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> Path:

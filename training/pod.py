@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.metrics import multiclass_report
-from training.pedcc import check_centroids
+from patchdet.runtime.metrics import multiclass_report
+from patchdet.training.pedcc import check_centroids
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,13 @@ class MultiClassTask:
     head = ""
 
     def __init__(self, cfg: Any, class_names: Sequence[str]) -> None:
-        from training.backbones import default_latent_dim
+        from patchdet.training.backbones import default_latent_dim
 
         self.cfg = cfg
         self.class_names = tuple(class_names)
         self.latent_dim = int(cfg.latent_dim) if cfg.latent_dim else default_latent_dim(len(self.class_names))
         if self.head == "cosine":
-            from training.pedcc import check_pedcc_shape
+            from patchdet.training.pedcc import check_pedcc_shape
 
             check_pedcc_shape(len(self.class_names), self.latent_dim)
         self.model: torch.nn.Module | None = None
@@ -158,12 +158,12 @@ class MultiClassTask:
             raise ValueError(f"--positive/--negatives are for modulus (DisCNN) losses; a {cfg.loss!r} run takes --classes")
         if str(cfg.data).startswith("torchvision:"):
             return list(cfg.classes) or None
-        from runtime.imagefolder import list_class_folders
+        from patchdet.runtime.imagefolder import list_class_folders
 
         if not cfg.classes and cfg.val_data:
             check_same_classes(list_class_folders(cfg.data), list_class_folders(cfg.val_data))
         if cls.head == "cosine" and cfg.latent_dim:
-            from training.pedcc import check_pedcc_shape
+            from patchdet.training.pedcc import check_pedcc_shape
 
             check_pedcc_shape(len(cfg.classes or list_class_folders(cfg.data)), int(cfg.latent_dim))
         return list(cfg.classes) or None
@@ -181,7 +181,7 @@ class MultiClassTask:
         self.model = model
         if self.head != "cosine":
             return dict(loss_options)
-        from training.pedcc import pedcc_centroids
+        from patchdet.training.pedcc import pedcc_centroids
 
         model.set_centroids(torch.from_numpy(pedcc_centroids(len(self.class_names), self.latent_dim, self.cfg.seed)))
         return {**loss_options, "centroids": model.pedcc.weight.detach()}

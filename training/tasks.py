@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.metrics import binary_report, fraction_at_origin
-from training.config import TrainConfig
-from training.pod import CosineTask, SoftmaxTask
+from patchdet.runtime.metrics import binary_report, fraction_at_origin
+from patchdet.training.config import TrainConfig
+from patchdet.training.pod import CosineTask, SoftmaxTask
 
 
 class ModulusTask:

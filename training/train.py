@@ -28,13 +28,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from patchdet.config import config_to_dict, write_config
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import TrainConfig
-from training.data import AugmentedImages, ImageSet, load_image_set, normalize_on_device, stratified_split
-from training.losses import LOSS_HEADS, build_loss
-from training.models import get_model
-from training.tasks import class_list_for, make_task
+from patchdet.runtime.config import config_to_dict, write_config
+from patchdet.training.checkpoint import load_checkpoint, save_checkpoint
+from patchdet.training.config import TrainConfig
+from patchdet.training.data import AugmentedImages, ImageSet, load_image_set, normalize_on_device, stratified_split
+from patchdet.training.losses import LOSS_HEADS, build_loss
+from patchdet.training.models import get_model
+from patchdet.training.tasks import class_list_for, make_task
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if writer is not None:
         writer.close()
     if is_main and history:
-        from training.plots import plot_run  # matplotlib only when a run finishes
+        from patchdet.training.plots import plot_run  # matplotlib only when a run finishes
 
         best = load_checkpoint(best_path)
         best_model = get_model(best["arch"], **best["arch_kwargs"]).to(device)

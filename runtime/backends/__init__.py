@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 # name -> "module:Class"; imported on first use so optional engines stay optional.
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "runtime.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "runtime.backends.openvino:OpenVinoBackend",
-    "opencv": "runtime.backends.opencv:OpenCvBackend",
-    "tensorrt": "runtime.backends.tensorrt:TensorRtBackend",
+    "onnxruntime": "patchdet.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "patchdet.runtime.backends.openvino:OpenVinoBackend",
+    "opencv": "patchdet.runtime.backends.opencv:OpenCvBackend",
+    "tensorrt": "patchdet.runtime.backends.tensorrt:TensorRtBackend",
 }
 
 # The Python package each backend needs, and the extra that installs it.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import BackendError, check_batch, outputs_by_name, require
+from patchdet.runtime.backends import BackendError, check_batch, outputs_by_name, require
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import BackendError, check_batch, require
+from patchdet.runtime.backends import BackendError, check_batch, require
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from training.losses.cosine import CosineLoss
-from training.losses.n2o import N2OLoss, N2OSoftmaxLoss
-from training.losses.nac import NaCLoss
-from training.losses.pod import PODLoss
-from training.losses.sc import SCLoss
-from training.losses.softmax import SoftmaxLoss
+from patchdet.training.losses.cosine import CosineLoss
+from patchdet.training.losses.n2o import N2OLoss, N2OSoftmaxLoss
+from patchdet.training.losses.nac import NaCLoss
+from patchdet.training.losses.pod import PODLoss
+from patchdet.training.losses.sc import SCLoss
+from patchdet.training.losses.softmax import SoftmaxLoss
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "n2o": N2OLoss,

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.losses.cosine import check_reduction, reduce, target_dot_and_norm
+from patchdet.training.losses.cosine import check_reduction, reduce, target_dot_and_norm
 
 INITIAL_MEAN_NORM = 0.05
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.losses.nac import NaCLoss
-from training.losses.sc import SCLoss
+from patchdet.training.losses.nac import NaCLoss
+from patchdet.training.losses.sc import SCLoss
 
 
 class PODLoss(nn.Module):

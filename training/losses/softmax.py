@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses.cosine import check_reduction
+from patchdet.training.losses.cosine import check_reduction
 
 
 class SoftmaxLoss(nn.Module):
