@@ -8,7 +8,7 @@ whose artifact exists (``<base>.onnx`` fp32, ``<base>_int8.onnx`` int8; dense:
 ``<base>_openvino[_int8].xml`` when present), it runs:
 
 - **inference only**: ``Detector.infer`` on one prepared frame, repeated: calls / total time;
-- **end to end**: ``runtime.detect.detect`` on the video file with the annotated
+- **end to end**: ``runtime.run.detect`` on the video file with the annotated
   video (mp4v) and JSON Lines written, i.e. decode + tile + infer + decide +
   draw + encode + write, with the reader and writer threads overlapping
   inference. ``fps`` = frames / wall seconds of the whole run.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks.sample_clip import read_sample_clip
-from patchdet.runtime.pipeline import IO_NICE
+from patchdet.runtime.loop import IO_NICE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -81,7 +81,7 @@ class InferenceOnly:
     """``Detector.infer`` on one prepared frame, timed in chunks (before and after the end-to-end run)."""
 
     def __init__(self, cfg, frame) -> None:
-        from patchdet.runtime.detect import load_detector
+        from patchdet.runtime.run import load_detector
 
         self.det = load_detector(cfg)
         self.prepared = self.det.preprocess(frame)
@@ -106,7 +106,7 @@ class InferenceOnly:
 
 
 def end_to_end(cfg) -> dict:
-    from patchdet.runtime.detect import detect
+    from patchdet.runtime.run import detect
 
     summary = detect(cfg)
     return {
@@ -124,7 +124,7 @@ def run(models: Path, base: str, threads: int, seconds: float, tmp: Path, frames
         only: list[str], repeats: int = 3) -> list[dict]:
     import cv2
 
-    from patchdet.runtime.detect import DetectConfig
+    from patchdet.runtime.run import DetectConfig
 
     videos = make_videos(tmp, frames=200)
     rows = []
@@ -191,7 +191,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "the table shows the median run (its e2e fps, wall fps and stage latencies) against the inference-only rate "
         "of all chunks; the min-max column is the ratio over the runs.",
         "",
-        "Video: the built-in street clip upscaled to the frame size (mp4v). End to end = `runtime.detect.detect` "
+        "Video: the built-in street clip upscaled to the frame size (mp4v). End to end = `runtime.run.detect` "
         "with the annotated mp4v video and the JSON Lines written (decode, tile, infer, decide, draw, encode, write; "
         "reader and writer threads overlap inference). e2e fps = steady rate, frames / time from the first timed "
         "inference (after the warm-up) to the last finished frame (`fps_steady` in the summary; it errs low by one "

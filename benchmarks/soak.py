@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="a sentence for the report (e.g. where the model came from)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from patchdet.runtime.detect import DetectConfig, detect
+    from patchdet.runtime.run import DetectConfig, detect
 
     frame_wh = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="patchdet_soak_") as tmp:

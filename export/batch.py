@@ -27,7 +27,7 @@ from patchdet.export.artifact import artifact_files, clean_stale_staging
 from patchdet.export.config import ExportConfig
 from patchdet.export.formats import FORMATS
 from patchdet.export.pipeline import ExportJob, export_job
-from patchdet.runtime.files import atomic_write_json, atomic_write_text
+from patchdet.runtime.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from patchdet.export.config import ParityConfig
 from patchdet.runtime.card import ModelCard
+from patchdet.runtime.decisions import is_positive as score_is_positive
 from patchdet.runtime.metrics import binary_report
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def torch_runner(graph: Any) -> Runner:
 def decisions(outputs: dict[str, np.ndarray], head: str, threshold: float) -> np.ndarray:
     """Per-sample decision: ``score > threshold`` (modulus) or the argmax class (cosine / softmax)."""
     if head == "modulus":
-        return outputs["score"] > threshold
+        return score_is_positive(outputs["score"], threshold)
     key = "cosine" if head == "cosine" else "probs"
     return np.argmax(outputs[key], axis=1)
 
@@ -97,8 +98,8 @@ def positive_scores(outputs: dict[str, np.ndarray], card: ModelCard) -> np.ndarr
 
 def matched_threshold(ref_scores: np.ndarray, art_scores: np.ndarray, threshold: float) -> float:
     """Threshold on ``art_scores`` flagging as many samples as ``ref_scores > threshold`` does."""
-    positives = int(np.sum(ref_scores > threshold))
-    if int(np.sum(art_scores > threshold)) == positives:
+    positives = int(np.sum(score_is_positive(ref_scores, threshold)))
+    if int(np.sum(score_is_positive(art_scores, threshold))) == positives:
         return float(threshold)  # the operating point already holds: no move needed
     ordered = np.sort(art_scores)
     n = len(ordered)
@@ -204,5 +205,5 @@ def dense_vs_patch(dense_scores: np.ndarray, patch_scores: np.ndarray, threshold
         "score_max_abs": float(diff.max()),
         "score_rel": float(diff.max() / scale),
         "score_correlation": corr,
-        "decision_agreement": float(np.mean((dense_scores > threshold) == (patch_scores > threshold))),
+        "decision_agreement": float(np.mean(score_is_positive(dense_scores, threshold) == score_is_positive(patch_scores, threshold))),
     }

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from patchdet.runtime import metrics
+from patchdet.runtime.decisions import is_positive
+from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
 from patchdet.runtime.streams import StreamOptions, open_source
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ _CANDIDATE_THRESHOLD = -1e30  # makes every non-background tile a candidate whil
 
 
 @dataclass(frozen=True)
-class CalibrateConfig:
+class CalibrateConfig(DetectorSettings):
     """Settings of one ``patchdet calibrate`` run (defaults -> YAML -> command line).
 
     Attributes:
@@ -57,11 +59,10 @@ class CalibrateConfig:
         negative_classes: Sub-folders of the negatives (``None``: all other sub-folders).
         target_precision: Reach at least this precision on the labelled folder.
         target_recall: Keep at least this recall on the labelled folder.
-        backend, threads, tile, stride, scales, dense: As for ``patchdet detect``.
+        model, card, backend, threads, tile, stride, scales, dense, merge: ``DetectorSettings``, as for
+            ``patchdet detect``.
     """
 
-    model: str | None = None
-    card: str | None = None
     output: str | None = None
     report: str | None = None
     background: str | None = None
@@ -75,14 +76,9 @@ class CalibrateConfig:
     negative_classes: tuple[str, ...] | None = None
     target_precision: float | None = None
     target_recall: float | None = None
-    backend: str = "auto"
-    threads: int | None = None
-    tile: int | None = None
-    stride: int | None = None
-    scales: tuple[float, ...] = (1.0,)
-    dense: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.background is None and self.labelled is None:
             raise ValueError("nothing to calibrate on: give background footage (--background) "
                              "and/or a labelled folder (--labelled)")
@@ -102,10 +98,7 @@ class CalibrateConfig:
             raise ValueError("--target-precision/--target-recall need a labelled folder (--labelled)")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps {self.fps!r} is invalid: expected a positive number")
-        for name in ("max_frames", "tile", "stride", "threads"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name.replace('_', '-')} {value!r} is invalid: expected a positive integer")
+        check_positive_ints(self, ("max_frames",))
         if self.vid_stride < 1:
             raise ValueError(f"vid-stride {self.vid_stride!r} is invalid: expected an integer >= 1")
 
@@ -235,9 +228,9 @@ def background_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
         "frames": frames,
         "hours": hours,
         "allowed_alarm_frames": allowed,
-        "alarm_frames": int(np.sum(frame_max > threshold)),
+        "alarm_frames": int(np.sum(is_positive(frame_max, threshold))),
         "tiles": int(tiles.size),
-        "positive_tiles": int(np.sum(tiles > threshold)),
+        "positive_tiles": int(np.sum(is_positive(tiles, threshold))),
         "tile_score_quantiles": {q: float(np.quantile(tiles, float(q))) if tiles.size else None
                                  for q in ("0.5", "0.9", "0.99", "1.0")},
         "fraction_at_origin": metrics.fraction_at_origin(tiles) if tiles.size else None,
@@ -299,11 +292,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         and ``background`` / ``labelled`` details.
     """
     from patchdet.runtime.card import write_card
-    from patchdet.runtime.detect import DetectConfig, load_detector
-
-    detect_cfg = DetectConfig(model=cfg.model, card=cfg.card, backend=cfg.backend, threads=cfg.threads,
-                              tile=cfg.tile, stride=cfg.stride, scales=cfg.scales, dense=cfg.dense)
-    detector = load_detector(detect_cfg)
+    detector = load_detector(cfg)
     previous = detector.threshold
     detector.with_threshold(_CANDIDATE_THRESHOLD)
     report: dict[str, Any] = {"model": str(detector.artifact), "previous_threshold": previous,
@@ -328,13 +317,14 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     main_key = f"class:{card.positive_class}" if card.positive_class else None
     if main_key and main_key in thresholds:
         thresholds[main_key] = threshold
-    calibrated = card.replace(threshold=threshold, thresholds=thresholds)
+    # The card keeps the tiling it was calibrated with: the threshold only holds for it.
+    calibrated = card.replace(threshold=threshold, thresholds=thresholds, tiling=detector.tiling.to_dict())
     output = Path(cfg.output) if cfg.output else Path.cwd() / f"{detector.artifact.stem}.calibrated.card.json"
     write_card(calibrated, output)
     report.update(threshold=threshold, card=str(output))
     if cfg.report:
-        from patchdet.runtime.detect import write_summary
+        from patchdet.runtime.atomic import atomic_write_json
 
-        write_summary(report, cfg.report)
+        atomic_write_json(cfg.report, report)
     log.info("threshold %.4g (was %.4g) written to %s", threshold, previous, output)
     return report

@@ -1,4 +1,4 @@
-"""``patchdet detect`` and ``patchdet calibrate``: argparse only; the work is in ``runtime.detect`` / ``runtime.calibrate``.
+"""``patchdet detect`` and ``patchdet calibrate``: argparse only; the work is in ``runtime.run`` / ``runtime.calibrate``.
 
 Nothing heavy is imported at module level (and never torch).
 """
@@ -77,7 +77,7 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
 
 def run_detect(args: argparse.Namespace) -> int:
     """Build the ``DetectConfig`` and run ``detect``; prints the summary JSON."""
-    from patchdet.runtime.detect import detect, load_detect_config
+    from patchdet.runtime.run import detect, load_detect_config
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",

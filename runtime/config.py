@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from patchdet.runtime.files import atomic_write_text
+from patchdet.runtime.atomic import atomic_write_text
 
 C = TypeVar("C")
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from patchdet.runtime.decisions import is_positive as score_is_positive
+
 
 @dataclass(frozen=True)
 class BinaryConfusion:
@@ -52,7 +54,7 @@ def binary_confusion(scores: np.ndarray, is_positive: np.ndarray, threshold: flo
     truth = np.asarray(is_positive, dtype=bool).reshape(-1)
     if scores.shape != truth.shape:
         raise ValueError(f"{scores.shape[0]} scores for {truth.shape[0]} labels")
-    predicted = scores > threshold
+    predicted = score_is_positive(scores, threshold)
     return BinaryConfusion(
         tp=int(np.sum(predicted & truth)),
         fn=int(np.sum(~predicted & truth)),
@@ -91,7 +93,7 @@ def best_f1_threshold(scores: np.ndarray, is_positive: np.ndarray) -> float:
 
 def fraction_above(scores: np.ndarray, threshold: float) -> float:
     scores = np.asarray(scores, dtype=np.float64)
-    return _ratio(float(np.sum(scores > threshold)), scores.size)
+    return _ratio(float(np.sum(score_is_positive(scores, threshold))), scores.size)
 
 
 def fraction_at_origin(scores: np.ndarray) -> float:

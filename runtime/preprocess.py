@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from patchdet.runtime.tiling import dense_window_boxes, multiscale_grid
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -198,3 +200,88 @@ def frame_to_blob(
     blob[:, :, h:, :] = 0.0  # padding is 0 after normalisation (the mean colour)
     blob[:, :, :h, w:] = 0.0
     return blob, (w, h)
+
+
+@dataclass
+class Prepared:
+    """One frame ready for inference.
+
+    Attributes:
+        batch: float32 [N, 3, H, W] tiles (or [1, 3, Hp, Wp] the padded frame, dense).
+        tiles_xyxy: int32 [N, 4] tile boxes in frame pixels (dense: empty; the
+            window boxes follow from the score map, ``Tiler.dense_boxes_for``).
+        frame_wh: (width, height) of the frame.
+        dense_scale: Frame resize factor of dense mode (model pixels per frame pixel).
+    """
+
+    batch: np.ndarray
+    tiles_xyxy: np.ndarray
+    frame_wh: tuple[int, int]
+    dense_scale: float | None = None
+
+
+class Tiler:
+    """Frame -> ``Prepared`` batch for one model and tiling; tile boxes are cached per frame size.
+
+    Args:
+        card: The model card (input size, normalisation, dense stride).
+        tiling: A ``runtime.tiling.TilingConfig``.
+        pool: Batch buffers to reuse (``None``: a fresh array per frame).
+    """
+
+    def __init__(self, card, tiling, pool: BufferPool | None) -> None:
+        self.card, self.tiling, self.pool = card, tiling, pool
+        self.normalization = Normalization(card.mean, card.std, swap_rb=card.color_order.upper() == "RGB")
+        self._cache: dict[tuple, np.ndarray] = {}
+        self.dense_scale: float | None = None
+        if tiling.dense:
+            (window_w, window_h), (tile_w, tile_h) = card.input_wh, tiling.tile_wh
+            if window_w * tile_h != window_h * tile_w:
+                raise ValueError(f"tile size {tile_w}x{tile_h} is invalid in dense mode: expected the model's aspect "
+                                 f"ratio ({window_w}x{window_h})")
+            self.dense_scale = window_w / tile_w * tiling.scales[0]
+
+    def tiles_for(self, frame_wh: tuple[int, int]) -> np.ndarray:
+        """int32 [N, 4] tile boxes for a frame size (cached per size)."""
+        key = (int(frame_wh[0]), int(frame_wh[1]))
+        grid = self._cache.get(key)
+        if grid is None:
+            grid = multiscale_grid(key, self.tiling.tile_wh, self.tiling.stride_wh, self.tiling.scales)
+            self._cache[key] = grid
+        return grid
+
+    def dense_boxes_for(self, map_hw: tuple[int, int], frame_wh: tuple[int, int]) -> np.ndarray:
+        """int32 [rows * cols, 4] frame-pixel boxes of a dense score map's windows, clipped to the frame (cached)."""
+        key = (map_hw, (int(frame_wh[0]), int(frame_wh[1])))
+        boxes = self._cache.get(key)
+        if boxes is None:
+            window_xyxy = dense_window_boxes(map_hw, self.card.input_wh, self.card.dense_stride)
+            boxes = np.round(window_xyxy / self.dense_scale).astype(np.int32)
+            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, key[1][0])
+            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, key[1][1])
+            boxes.setflags(write=False)  # shared by every frame of this size
+            self._cache[key] = boxes
+        return boxes
+
+    def __call__(self, frame_bgr: np.ndarray) -> Prepared:
+        """Tiles of a frame as one normalised batch (or the padded frame, dense).
+
+        Args:
+            frame_bgr: uint8 [H, W, 3] BGR frame (grey / BGRA accepted).
+
+        Raises:
+            ValueError: For an invalid frame or a frame smaller than a tile.
+        """
+        frame = as_bgr(frame_bgr)
+        frame_wh = (frame.shape[1], frame.shape[0])
+        if self.tiling.dense:
+            if frame_wh[0] < self.tiling.tile_wh[0] or frame_wh[1] < self.tiling.tile_wh[1]:
+                raise ValueError(f"frame size {frame_wh[0]}x{frame_wh[1]} is smaller than the tile "
+                                 f"{self.tiling.tile_wh[0]}x{self.tiling.tile_wh[1]}: expected a larger frame")
+            blob, _ = frame_to_blob(frame, self.dense_scale, self.card.dense_stride, self.card.input_wh,
+                                    self.normalization, self.pool)
+            return Prepared(blob, np.zeros((0, 4), np.int32), frame_wh, self.dense_scale)
+        tiles = self.tiles_for(frame_wh)
+        in_w, in_h = self.card.input_wh
+        out = self.pool.take((len(tiles), 3, in_h, in_w)) if self.pool is not None else None
+        return Prepared(tiles_to_blob(frame, tiles, self.card.input_wh, self.normalization, out), tiles, frame_wh)

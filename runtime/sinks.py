@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
-from patchdet.runtime.streams import Frame
+if TYPE_CHECKING:  # the sinks only read a FrameResult's fields
+    from patchdet.runtime.detector import FrameResult
+
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +37,10 @@ VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", 
 _PALETTE = ((0, 200, 255), (255, 128, 0), (0, 220, 0), (220, 0, 220), (0, 0, 255), (255, 255, 0))
 
 
-@dataclass
-class FrameRecord:
-    """One processed frame, as the sinks see it.
-
-    Attributes:
-        frame: The source frame (``image`` uint8 BGR [H, W, 3]).
-        detections: Object with ``xyxy`` float32 [N, 4] (frame pixels), ``score`` [N], ``class_id`` [N].
-        heatmap: Optional float score map [h, w] covering the frame (any resolution), for overlays.
-        threshold: Decision threshold, used to scale the heatmap colours.
-        latency_ms: Stage name -> milliseconds for this frame.
-    """
-
-    frame: Frame
-    detections: Any
-    heatmap: np.ndarray | None = None
-    threshold: float = 0.0
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-
 class Sink(Protocol):
     wants_annotated: bool
 
-    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None: ...
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -120,7 +102,7 @@ def annotate(
     return canvas
 
 
-def detections_to_json(record: FrameRecord, class_names: tuple[str, ...] | list[str] = ()) -> dict:
+def detections_to_json(record: FrameResult, class_names: tuple[str, ...] | list[str] = ()) -> dict:
     """The JSON Lines record of one frame (boxes xyxy in frame pixels)."""
     det = record.detections
     xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
@@ -187,7 +169,7 @@ class VideoSink:
             raise OSError(f"cannot write video {self.path}: OpenCV could not open a {self.fourcc} writer")
         self._writer, self._frame_wh = writer, frame_wh
 
-    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None:
         if self._closed:
             raise RuntimeError(f"video sink {self.path} is closed")
         image = annotated if annotated is not None else record.frame.image
@@ -224,7 +206,7 @@ class JsonlSink:
         self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.lines = 0
 
-    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None:
         if self._fh is None:
             raise RuntimeError(f"JSON Lines sink {self.path} is closed")
         self._fh.write(json.dumps(detections_to_json(record, self.class_names), separators=(",", ":")) + "\n")
@@ -251,7 +233,7 @@ class CropSink:
         self.max_per_frame = max_per_frame
         self.saved = 0
 
-    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None:
         image = record.frame.image
         h, w = image.shape[:2]
         det = record.detections
@@ -291,7 +273,7 @@ class DisplaySink:
         self.stop_requested = False
         self._closed = False
 
-    def write(self, record: FrameRecord, annotated: np.ndarray | None) -> None:
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None:
         cv2.imshow(self.title, annotated if annotated is not None else record.frame.image)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.stop_requested = True
@@ -312,24 +294,27 @@ class SinkSet:
         sinks: The sinks, written in order.
         class_names: Names for labels.
         heatmap: Blend the score heatmap into annotated frames.
+        threshold: Decision threshold, which scales the heatmap colours.
     """
 
-    def __init__(self, sinks: list[Any], class_names: tuple[str, ...] | list[str] = (), heatmap: bool = False) -> None:
+    def __init__(self, sinks: list[Any], class_names: tuple[str, ...] | list[str] = (), heatmap: bool = False,
+                 threshold: float = 0.0) -> None:
         self.sinks = list(sinks)
         self.class_names = tuple(class_names)
         self.heatmap = heatmap
+        self.threshold = threshold
         self._closed = False
 
     @property
     def stop_requested(self) -> bool:
         return any(getattr(s, "stop_requested", False) for s in self.sinks)
 
-    def write(self, record: FrameRecord, caption: str = "") -> None:
+    def write(self, record: FrameResult, caption: str = "") -> None:
         annotated = None
         if any(s.wants_annotated for s in self.sinks):
             heatmap = record.heatmap if self.heatmap else None
             annotated = annotate(record.frame.image, record.detections, self.class_names, heatmap,
-                                 record.threshold, caption)  # fmt: skip
+                                 self.threshold, caption)  # fmt: skip
         for sink in self.sinks:
             sink.write(record, annotated)
 

@@ -8,9 +8,15 @@ covers columns ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1``, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from patchdet.runtime.detections import MERGE_METHODS
 
 
 def as_wh(value: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -270,3 +276,84 @@ def dense_coverage_max(
     ch, cw = min(h, pixels.shape[0]), min(w, pixels.shape[1])
     out[:ch, :cw] = pixels[:ch, :cw]
     return out
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How frames are cut into patches and how positive patches become boxes.
+
+    Attributes:
+        tile_wh: Tile size in frame pixels at scale 1 (resized to the model input).
+        stride_wh: Step between tiles at scale 1; smaller than the tile = overlap.
+        scales: Scale factors (see ``multiscale_grid``; 0.5 = tiles twice as large).
+        dense: Score every window of the dense export's stride in one pass;
+            needs an artifact exported with ``dense=True``. The frame is resized
+            by ``input_wh / tile_wh`` so windows are ``tile_wh`` frame pixels;
+            ``stride_wh`` does not apply (windows step by the card's
+            ``dense_stride`` in model pixels).
+        merge: ``connected``, ``nms`` or ``none`` (``runtime.detections.merge_boxes``).
+        iou_threshold: IoU above which ``nms`` suppresses a box.
+    """
+
+    tile_wh: tuple[int, int] = (96, 96)
+    stride_wh: tuple[int, int] = (96, 96)
+    scales: tuple[float, ...] = (1.0,)
+    dense: bool = False
+    merge: str = "connected"
+    iou_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile_wh", as_wh(self.tile_wh, "tile size"))
+        object.__setattr__(self, "stride_wh", as_wh(self.stride_wh, "stride"))
+        scales = tuple(self.scales) if not isinstance(self.scales, (int, float)) else (self.scales,)
+        for s in scales:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+                raise ValueError(f"scale {s!r} is invalid: expected a positive finite number")
+        if not scales:
+            raise ValueError("scales () is invalid: expected at least one positive scale")
+        if self.dense and len(scales) != 1:
+            raise ValueError(f"scales {scales} are invalid in dense mode: expected one scale")
+        object.__setattr__(self, "scales", tuple(float(s) for s in scales))
+        if self.merge not in MERGE_METHODS:
+            raise ValueError(f"merge method {self.merge!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
+        if not 0.0 <= float(self.iou_threshold) <= 1.0:
+            raise ValueError(f"IoU threshold {self.iou_threshold!r} is invalid: expected a number in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (lists for tuples), the form model cards and summaries store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def tiling_for_card(card: Any, tile: int | None = None, stride: int | None = None,
+                    scales: Sequence[float] | None = None, dense: bool = False, merge: str | None = None
+                    ) -> TilingConfig:
+    """The tiling a model should run with: the card's own defaults, each overridable.
+
+    A card's ``tiling`` (keys of ``TilingConfig``) holds what suits the model;
+    a card without it gets tiles of the model's input size without overlap.
+    ``tile`` without ``stride`` means no overlap at that tile size. ``None``
+    means "not given" everywhere.
+    """
+    base: Mapping[str, Any] = dict(getattr(card, "tiling", None) or {})
+    unknown = sorted(set(base) - {f.name for f in dataclasses.fields(TilingConfig)})
+    if unknown:
+        raise ValueError(f"model card tiling key(s) {', '.join(unknown)} are unknown: expected keys of TilingConfig")
+    settings = {**base, "dense": bool(dense)}
+    if "tile_wh" not in settings:
+        settings["tile_wh"] = tuple(card.input_wh)
+    if tile is not None:
+        settings["tile_wh"] = (tile, tile)
+        settings["stride_wh"] = (stride or tile, stride or tile)
+    elif stride is not None:
+        settings["stride_wh"] = (stride, stride)
+    settings.setdefault("stride_wh", settings["tile_wh"])
+    if scales is not None:
+        settings["scales"] = tuple(scales)
+    if merge is not None:
+        settings["merge"] = merge
+    if dense:
+        settings["scales"] = tuple(settings.get("scales", (1.0,)))[:1]
+    for key in ("tile_wh", "stride_wh", "scales"):
+        if isinstance(settings.get(key), list):
+            settings[key] = tuple(settings[key])
+    return TilingConfig(**settings)

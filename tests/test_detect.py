@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from patchdet.cli import main
-from patchdet.runtime import detect as detect_module
-from patchdet.runtime.detect import DetectConfig, config_path_for, detect, load_detect_config, resolve_tiling
+from patchdet.runtime import builtin
+from patchdet.runtime.card import read_card, write_card
+from patchdet.runtime.run import DetectConfig, config_path_for, detect, load_detect_config
+from patchdet.runtime.tiling import tiling_for_card
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, read_video, square_box, write_video
 
@@ -146,12 +148,25 @@ def test_yaml_config_then_overrides(tmp_path, model):
         load_detect_config(config)
 
 
-def test_builtin_clip_tiling_and_config_paths(tmp_path):
-    tiling = resolve_tiling(DetectConfig(), (96, 96), builtin_clip=True)
-    assert tiling.tile_wh == (detect_module.DEFAULT_CLIP_TILE,) * 2
-    assert tiling.stride_wh == (detect_module.DEFAULT_CLIP_STRIDE,) * 2
-    assert resolve_tiling(DetectConfig(tile=64), (96, 96), builtin_clip=False).stride_wh == (64, 64)
-    assert resolve_tiling(DetectConfig(), (96, 96), builtin_clip=False).tile_wh == (96, 96)
+@pytest.mark.parametrize(
+    ("card_tiling", "overrides", "expected"),
+    [
+        ({}, {}, ((96, 96), (96, 96), (1.0,), "connected")),  # no tiling in the card: input size, no overlap
+        ({}, {"tile": 64}, ((64, 64), (64, 64), (1.0,), "connected")),  # tile alone: no overlap at that size
+        ({"tile_wh": [64, 64], "stride_wh": [32, 32], "scales": [1.0, 0.5], "merge": "nms"}, {},
+         ((64, 64), (32, 32), (1.0, 0.5), "nms")),  # the card's own
+        ({"tile_wh": [64, 64], "stride_wh": [32, 32], "merge": "nms"}, {"stride": 16, "merge": "none"},
+         ((64, 64), (16, 16), (1.0,), "none")),  # flags override single fields
+        ({"tile_wh": [64, 64], "stride_wh": [32, 32]}, {"tile": 48}, ((48, 48), (48, 48), (1.0,), "connected")),
+    ],
+)
+def test_tiling_comes_from_the_card_unless_overridden(model, card_tiling, overrides, expected):
+    card = read_card(model.with_name("bright.card.json")).replace(input_wh=(96, 96), tiling=card_tiling)
+    tiling = tiling_for_card(card, **overrides)
+    assert (tiling.tile_wh, tiling.stride_wh, tiling.scales, tiling.merge) == expected
+
+
+def test_config_paths(tmp_path):
     assert config_path_for(DetectConfig(summary=str(tmp_path / "run" / "s.json"))) == tmp_path / "run" / "s.config.yaml"
     assert config_path_for(DetectConfig()) is None
 
@@ -216,30 +231,26 @@ def test_cli_prints_the_summary(tmp_path, model, video, capsys):
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, patchdet.runtime.detect, patchdet.runtime.streams, patchdet.runtime.sinks, "
+    code = ("import sys, patchdet.runtime.run, patchdet.runtime.streams, patchdet.runtime.sinks, "
             "patchdet.runtime.stats, patchdet.runtime.calibrate, "
             "patchdet.runtime.cli, patchdet.runtime.detector; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.skipif(not detect_module.DEFAULT_MODEL.is_file() or not detect_module.DEFAULT_SOURCE.is_file(),
-                    reason="the built-in model is not in runtime/assets yet")
+@pytest.mark.skipif(not builtin.BUILTIN_MODEL.is_file() or not builtin.BUILTIN_CLIP.is_file(),
+                    reason="the built-in model is not in runtime/assets")
 def test_builtin_default_runs(tmp_path):
     summary = detect(DetectConfig(max_frames=3, log_every_s=0, jsonl=str(tmp_path / "d.jsonl")))
     assert summary["frames"] == 3 and summary["frame_wh"] == [640, 352]
     assert np.isfinite(summary["fps"])
 
 
-def test_builtin_default_uses_the_clip_threshold(tmp_path, model, video, monkeypatch):
-    from patchdet.runtime.card import read_card, write_card
-
-    clip_card = tmp_path / "clip.card.json"
-    write_card(read_card(model.with_name("bright.card.json")).replace(threshold=1e6), clip_card)
-    monkeypatch.setattr(detect_module, "DEFAULT_MODEL", model)
-    monkeypatch.setattr(detect_module, "DEFAULT_SOURCE", video)
-    monkeypatch.setattr(detect_module, "DEFAULT_CLIP_CARD", clip_card)
-    monkeypatch.setattr(detect_module, "DEFAULT_CLIP_TILE", 32)
-    monkeypatch.setattr(detect_module, "DEFAULT_CLIP_STRIDE", 16)
+def test_builtin_default_uses_its_card_for_any_source(tmp_path, model, video, monkeypatch):
+    card_path = model.with_name("bright.card.json")
+    write_card(read_card(card_path).replace(threshold=1e6, tiling={"tile_wh": [32, 32], "stride_wh": [16, 16]}),
+               card_path)
+    monkeypatch.setattr(builtin, "BUILTIN_MODEL", model)
+    monkeypatch.setattr(builtin, "BUILTIN_CLIP", video)
     summary = detect(DetectConfig(backend="onnxruntime", log_every_s=0))
     assert summary["threshold"] == pytest.approx(1e6) and summary["detections"] == 0
     assert summary["tiling"]["stride_wh"] == [16, 16] and summary["frames"] == 10

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from patchdet.runtime.backends import available_backends
-from patchdet.runtime.card import ModelCardError, card_path_for, read_card, write_card
-from patchdet.runtime.detector import Detector, TilingConfig, read_artifact_card, validate_threshold
+from patchdet.runtime.card import ModelCardError, card_path_for, read_artifact_card, read_card, write_card
+from patchdet.runtime.decisions import validate_threshold
+from patchdet.runtime.detector import Detector, TilingConfig
 from tests.fixtures_onnx import MODULUS_THRESHOLD, fixture_card, white_square_frame, write_model
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -210,10 +211,10 @@ def test_missing_model_and_missing_or_corrupt_card(tmp_path):
         Detector(broken_card)
 
 
-def test_from_card_uses_a_calibrated_copy(tmp_path, model_dir):
+def test_card_argument_uses_a_calibrated_copy(tmp_path, model_dir):
     card = read_card(card_path_for(model_dir / "modulus.onnx")).replace(threshold=1.25)
     copy = write_card(card, tmp_path / "calibrated.card.json")
-    det = Detector.from_card(copy, model_dir / "modulus.onnx", tiling=TILE32)
+    det = Detector(model_dir / "modulus.onnx", card=copy, tiling=TILE32)
     assert det.threshold == 1.25
     assert json.loads(json.dumps(det.describe()))["threshold"] == 1.25
 

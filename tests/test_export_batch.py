@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from patchdet.cli import main
 from patchdet.export.batch import export
 from patchdet.export.config import ExportConfig
 from patchdet.export.formats import FORMATS
-from patchdet.cli import main
 from tests.export_helpers import make_checkpoint, make_image_folder
 
 

@@ -16,8 +16,8 @@ from patchdet.export.formats import CPU_FORMATS, FORMATS, format_table_markdown
 from patchdet.export.onnx import export_graph_onnx, read_onnx_card
 from patchdet.export.wrappers import HEAD_OUTPUTS, build_graph
 from patchdet.runtime.card import card_path_for, read_card
-from tests.export_helpers import make_checkpoint, make_image_folder
 from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from tests.export_helpers import make_checkpoint, make_image_folder
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs the [openvino] extra (openvino, nncf)")
@@ -104,7 +104,7 @@ def test_onnx_and_int8_artifacts_carry_complete_cards(tmp_path):
     qdq = {node.op_type for node in onnx.load(int8["path"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= qdq
     # The runtime finds the embedded card when the JSON beside the file is gone.
-    from patchdet.runtime.artifact import read_artifact_card
+    from patchdet.runtime.card import read_artifact_card
 
     card_path_for(int8["path"]).unlink()
     assert read_artifact_card(int8["path"]).parity == int8["parity"]

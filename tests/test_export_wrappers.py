@@ -8,8 +8,8 @@ import torch
 
 from patchdet.export.images import aligned_windows, mosaic
 from patchdet.export.wrappers import HEAD_OUTPUTS, DenseBody, build_graph
-from tests.export_helpers import randomize_batchnorm
 from patchdet.training.models import get_model
+from tests.export_helpers import randomize_batchnorm
 
 
 def _model(input_size: int = 32, nonnegative: bool = True) -> torch.nn.Module:

@@ -7,7 +7,7 @@ import threading
 import cv2
 import pytest
 
-from patchdet.runtime.pipeline import lower_thread_priority, opencv_threads
+from patchdet.runtime.loop import lower_thread_priority, opencv_threads
 
 
 def test_opencv_threads_are_set_for_the_block_and_restored():

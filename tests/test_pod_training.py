@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_image_folder
 from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from patchdet.training.config import TrainConfig
 from patchdet.training.evaluate import EvalConfig, evaluate, format_report
@@ -26,6 +25,7 @@ from patchdet.training.pod import (
     pod_predict,
 )
 from patchdet.training.train import train
+from tests.conftest import make_image_folder
 
 CLASSES = {"car": 8, "bird": 8, "cat": 8}
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from patchdet.runtime.detections import Detections
+from patchdet.runtime.detector import FrameResult
 from patchdet.runtime.sinks import (
     CropSink,
     DisplaySink,
-    FrameRecord,
     JsonlSink,
     SinkSet,
     VideoSink,
@@ -24,7 +24,7 @@ from patchdet.runtime.streams import Frame
 from tests.runtime_media import read_video
 
 
-def _record(index: int, frame_wh=(96, 64), boxes=((10, 8, 42, 40),), scores=(1.5,)) -> FrameRecord:
+def _record(index: int, frame_wh=(96, 64), boxes=((10, 8, 42, 40),), scores=(1.5,)) -> FrameResult:
     w, h = frame_wh
     image = np.full((h, w, 3), 40, np.uint8)
     image[8:40, 10:42] = 200
@@ -32,7 +32,9 @@ def _record(index: int, frame_wh=(96, 64), boxes=((10, 8, 42, 40),), scores=(1.5
                       np.zeros(len(scores), np.int64), np.arange(len(scores)))
     heat = np.zeros((h, w), np.float32)
     heat[8:40, 10:42] = 2.0
-    return FrameRecord(Frame(index, image, index / 10, 1.0), dets, heat, 1.0, {"infer": 2.5})
+    n = len(scores)
+    return FrameResult(dets, dets.score, dets.xyxy.astype(np.int32), np.ones(n, bool), dets.class_id, (w, h),
+                       heatmap=heat, frame=Frame(index, image, index / 10, 1.0), latency_ms={"infer": 2.5})
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
@@ -114,7 +116,7 @@ class _Failing:
 def test_sink_set_closes_everything_even_when_one_fails(tmp_path):
     video = VideoSink(tmp_path / "v.mp4")
     jsonl = JsonlSink(tmp_path / "d.jsonl")
-    sinks = SinkSet([video, _Failing(), jsonl], ("car",), heatmap=True)
+    sinks = SinkSet([video, _Failing(), jsonl], ("car",), heatmap=True, threshold=1.0)
     sinks.write(_record(0))
     with pytest.raises(OSError, match="disk full"):
         sinks.close()

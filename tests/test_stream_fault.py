@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import pytest
 
-from patchdet.runtime.detect import DetectConfig, detect
+from patchdet.runtime.run import DetectConfig, detect
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import moving_square_frames
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from patchdet.runtime.files import atomic_output
+from patchdet.runtime.atomic import atomic_output
 from patchdet.training.models import get_model, list_models
 
 CHECKPOINT_FORMAT = "patchdet-checkpoint"

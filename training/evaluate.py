@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from patchdet.runtime.imagefolder import load_images, normalize_batch, scan_image_folder
-from patchdet.runtime.metrics import best_f1_threshold, binary_report, fraction_above, fraction_at_origin, threshold_sweep
+from patchdet.runtime.metrics import (
+    best_f1_threshold,
+    binary_report,
+    fraction_above,
+    fraction_at_origin,
+    threshold_sweep,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +99,8 @@ class CheckpointScorer(_Scorer):
 
 class ArtifactScorer(_Scorer):
     def __init__(self, path: str, backend: str) -> None:
-        from patchdet.runtime.artifact import read_artifact_card
         from patchdet.runtime.backends import load_backend
+        from patchdet.runtime.card import read_artifact_card
 
         self.card = read_artifact_card(path)
         if self.card.dense:

@@ -36,7 +36,7 @@ from typing import Any
 
 import cv2
 
-from patchdet.runtime.sinks import FrameRecord, SinkSet
+from patchdet.runtime.sinks import SinkSet
 from patchdet.runtime.stats import RunStats
 from patchdet.runtime.streams import FrameSource
 
@@ -121,7 +121,6 @@ class Pipeline:
         max_frames: Stop after this many frames (``None``: end of stream).
         queue_size: Frames in flight between the threads (1 waiting frame for live sources).
         log_every_s: Period of the progress log line (0: never).
-        heatmap: Compute the score heatmap for sinks that draw.
         io_nice: Nice value of the reader and writer threads (see the module docstring; 0: unchanged).
         warmup: Before the first frame, run the backend on its batch untimed
             (``Detector.warmup``), so one-off first-call costs are neither
@@ -130,7 +129,7 @@ class Pipeline:
 
     def __init__(self, detector: Any, source: FrameSource, sinks: SinkSet, stats: RunStats, *,
                  max_frames: int | None = None, queue_size: int = 4, log_every_s: float = 5.0,
-                 heatmap: bool = False, io_nice: int = IO_NICE, warmup: bool = True) -> None:
+                 io_nice: int = IO_NICE, warmup: bool = True) -> None:
         self.detector, self.source, self.sinks, self.stats = detector, source, sinks, stats
         self.max_frames, self.log_every_s = max_frames, log_every_s
         # A live source must not queue up stale frames: one waits while inference runs, the grabber keeps the newest.
@@ -140,7 +139,8 @@ class Pipeline:
         self.writer_error: BaseException | None = None
         self.frame_wh: tuple[int, int] | None = None
         self.stopped_by = "end of stream"
-        self.need_heatmap = heatmap and any(s.wants_annotated for s in sinks.sinks)
+        # The heatmap is the sink set's choice; it is computed only when some sink draws.
+        self.need_heatmap = sinks.heatmap and any(s.wants_annotated for s in sinks.sinks)
         self.warmup = warmup
         self.io_nice = io_nice
         self.warmup_ms = 0.0
@@ -179,12 +179,13 @@ class Pipeline:
                 frame, prepared, outputs, latency = item
                 start = time.perf_counter()
                 result = detector.decide(outputs, prepared)
-                heatmap = detector.heatmap(result) if self.need_heatmap else None
+                if self.need_heatmap:
+                    detector.heatmap(result)  # kept in result.heatmap
                 latency["decide"] = (time.perf_counter() - start) * 1000.0
                 self.frame_wh = prepared.frame_wh
-                record = FrameRecord(frame, result.detections, heatmap, detector.threshold, dict(latency))
+                result.frame, result.latency_ms = frame, dict(latency)
                 start = time.perf_counter()
-                self.sinks.write(record, caption=f"{stats.fps_monitor.fps:.1f} fps")
+                self.sinks.write(result, caption=f"{stats.fps_monitor.fps:.1f} fps")
                 latency["write"] = (time.perf_counter() - start) * 1000.0
                 stats.frame_done(len(result.detections), latency)
                 if stats.due(self.log_every_s):

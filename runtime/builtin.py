@@ -1,0 +1,25 @@
+"""The built-in model and sample clip shipped in ``runtime/assets`` (what runs when nothing is given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUILTIN_MODEL = ASSETS / "discnn8_automobile.onnx"
+BUILTIN_DENSE_MODEL = ASSETS / "discnn8_automobile_dense.onnx"
+BUILTIN_CLIP = ASSETS / "street_cam_sample.mp4"
+
+
+def builtin_model(dense: bool = False) -> Path:
+    """The built-in artifact (its dense variant with ``dense``); FileNotFoundError when not installed."""
+    path = BUILTIN_DENSE_MODEL if dense else BUILTIN_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"built-in model {path} is missing from this installation: pass --model ARTIFACT")
+    return path
+
+
+def builtin_clip() -> Path:
+    """The built-in sample clip; FileNotFoundError when not installed."""
+    if not BUILTIN_CLIP.is_file():
+        raise FileNotFoundError(f"built-in sample clip {BUILTIN_CLIP} is missing: pass --source")
+    return BUILTIN_CLIP

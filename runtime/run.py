@@ -1,0 +1,201 @@
+"""``detect(cfg)``: one detection run: read a source, score its patches, decide, write what was found.
+
+``DetectorSettings`` are the settings that pick and tune a ``Detector`` (shared
+by ``DetectConfig`` here and ``CalibrateConfig``); ``DetectConfig`` adds the
+source, pacing and outputs. ``detect`` loads the model, opens the source and
+the sinks, runs the three-thread loop of ``runtime.loop`` (decode and
+drawing/writing overlap inference), closes every sink (the video is renamed to
+its final, playable name) and returns the summary. Ctrl-C ends the run
+cleanly with ``summary["interrupted"] = True``. Defaults that suit a model
+(tiling, scales, threshold) come from its card, never from this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from patchdet.runtime.atomic import atomic_write_json
+from patchdet.runtime.builtin import builtin_clip
+from patchdet.runtime.loop import IO_NICE, Pipeline, opencv_threads
+from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
+from patchdet.runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
+from patchdet.runtime.stats import RunStats
+from patchdet.runtime.streams import StreamOptions, open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectConfig(DetectorSettings):
+    """Settings of one ``patchdet detect`` run (defaults -> YAML ``--config`` -> command line).
+
+    Attributes (besides ``DetectorSettings``):
+        source: Camera index, URL, video, image, folder or glob; ``None``: the built-in street clip.
+        max_frames: Stop after this many processed frames (``None``: end of stream).
+        vid_stride: Process every n-th frame.
+        max_fps: Process at most this many frames per second.
+        drop_frames: Keep only the newest frame (``None``: live sources yes, files no).
+        reconnect_timeout_s: End a live stream after a gap this long (``None``: keep retrying).
+        jsonl: Write detections as JSON Lines here.
+        save_video: Write the annotated video here (``.mp4``/``.mkv``/``.mov``: mp4v, ``.avi``: MJPG).
+        summary: Write the run summary JSON here.
+        crops: Save each detection's crop in this folder.
+        show: Show a window (needs a GUI build of OpenCV); ``q`` stops.
+        heatmap: Blend the patch score heatmap into the video / window.
+        log_every_s: Period of the progress log line (0: never).
+        queue_size: Frames in flight between the reader, inference and writer threads.
+        io_nice: Nice value (0-19) of the reader and writer threads on Linux, so that
+            decoding, tiling, drawing and encoding fill the CPU time inference leaves
+            instead of preempting its threads (``runtime.loop``; 0: no change).
+    """
+
+    source: str | None = None
+    max_frames: int | None = None
+    vid_stride: int = 1
+    max_fps: float | None = None
+    drop_frames: bool | None = None
+    reconnect_timeout_s: float | None = None
+    jsonl: str | None = None
+    save_video: str | None = None
+    summary: str | None = None
+    crops: str | None = None
+    show: bool = False
+    heatmap: bool = False
+    log_every_s: float = 5.0
+    queue_size: int = 4
+    io_nice: int = IO_NICE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_ints(self, ("max_frames",))
+        if isinstance(self.vid_stride, bool) or not isinstance(self.vid_stride, int) or self.vid_stride < 1:
+            raise ValueError(f"vid-stride {self.vid_stride!r} is invalid: expected an integer >= 1")
+        if isinstance(self.io_nice, bool) or not isinstance(self.io_nice, int) or not 0 <= self.io_nice <= 19:
+            raise ValueError(f"io-nice {self.io_nice!r} is invalid: expected an integer from 0 to 19")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size {self.queue_size!r} is invalid: expected an integer >= 1")
+        if self.max_fps is not None and not (isinstance(self.max_fps, (int, float)) and self.max_fps > 0):
+            raise ValueError(f"max-fps {self.max_fps!r} is invalid: expected a positive number")
+        if self.save_video is not None:
+            check_video_path(self.save_video)
+        if self.log_every_s < 0:
+            raise ValueError(f"log_every_s {self.log_every_s!r} is invalid: expected >= 0")
+
+
+def load_detect_config(yaml_path: str | Path | None = None, **overrides: Any) -> DetectConfig:
+    """Defaults <- YAML file <- overrides (``None`` values mean "not given")."""
+    from patchdet.runtime.config import build_config
+
+    return build_config(DetectConfig, yaml_path, **overrides)
+
+
+def config_path_for(cfg: DetectConfig) -> Path | None:
+    """Where the resolved config goes: beside the first output (summary, JSON Lines, video, crops)."""
+    for value in (cfg.summary, cfg.jsonl, cfg.save_video):
+        if value:
+            path = Path(value)
+            return path.with_name(path.stem + ".config.yaml")
+    if cfg.crops:
+        return Path(cfg.crops) / "detect.config.yaml"
+    return None
+
+
+def build_sinks(cfg: DetectConfig, class_names: tuple[str, ...], fps: float | None, threshold: float = 0.0) -> SinkSet:
+    """All the sinks a config asks for (none is fine: the summary still counts)."""
+    sinks: list[Any] = []
+    try:
+        if cfg.jsonl:
+            sinks.append(JsonlSink(cfg.jsonl, class_names))
+        if cfg.save_video:
+            sinks.append(VideoSink(cfg.save_video, fps))
+        if cfg.crops:
+            sinks.append(CropSink(cfg.crops, class_names))
+        if cfg.show:
+            sinks.append(DisplaySink())
+    except BaseException:
+        SinkSet(sinks).close()
+        raise
+    return SinkSet(sinks, class_names, heatmap=cfg.heatmap, threshold=threshold)
+
+
+def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
+    """Run detection on a source and write the requested outputs.
+
+    Args:
+        cfg: The run's settings; or leave it out and give them as keywords
+            (``detect(source="clip.mp4", save_video="out.mp4")``), checked as the YAML file's keys are.
+
+    Returns:
+        The summary: ``frames``, ``seconds``, ``fps``, ``backend``, ``latency_ms``
+        (per stage ``median``/``p90``/``mean``/``count``), ``dropped_frames``,
+        ``reconnects``, ``corrupt_frames``, ``detections``, ``gaps``, ``interrupted``, ...
+
+    Raises:
+        FileNotFoundError / OSError: model or source cannot be opened (message says which and why).
+        ValueError: invalid settings, a model without a card, a frame smaller than a tile.
+    """
+    if cfg is None:
+        cfg = load_detect_config(**settings)
+    elif settings:
+        cfg = dataclasses.replace(cfg, **settings)
+    source_text = str(builtin_clip()) if cfg.source is None else cfg.source
+    detector = load_detector(cfg)
+    options = StreamOptions(vid_stride=cfg.vid_stride, max_fps=cfg.max_fps, drop_frames=cfg.drop_frames,
+                            reconnect_timeout_s=cfg.reconnect_timeout_s)
+    log.info("model %s (%s), backend %s, threshold %.4g, tiles %s stride %s scales %s%s", detector.artifact.name,
+             detector.card.name, detector.backend_name, detector.threshold, detector.tiling.tile_wh,
+             detector.tiling.stride_wh, detector.tiling.scales, " dense" if detector.dense else "")
+    # OpenCV single-threaded unless it is the inference engine (see runtime.loop.opencv_threads).
+    cv_threads = None if detector.backend_name == "opencv" else 1
+    with opencv_threads(cv_threads), open_source(source_text, options) as source:
+        log.info("source %s (%s%s)", source_text, "live" if source.live else "file",
+                 f", {source.fps:.2f} fps" if source.fps else "")
+        resolved = dataclasses.replace(
+            cfg, model=str(detector.artifact), source=source_text, threshold=detector.threshold,
+            tile=detector.tiling.tile_wh[0], stride=detector.tiling.stride_wh[0], scales=detector.tiling.scales,
+            merge=detector.tiling.merge,
+        )
+        config_path = config_path_for(cfg)
+        if config_path is not None:
+            from patchdet.runtime.config import write_config
+
+            write_config(resolved, config_path)
+        stats = RunStats()
+        sinks = build_sinks(cfg, detector.card.class_names, source.fps, detector.threshold)
+        pipeline = Pipeline(detector, source, sinks, stats, max_frames=cfg.max_frames, queue_size=cfg.queue_size,
+                            log_every_s=cfg.log_every_s, io_nice=cfg.io_nice)
+        try:
+            interrupted = pipeline.run()
+        finally:
+            sinks.close()
+    counters = source.counters
+    summary = stats.summary(
+        backend=detector.backend_name,
+        dropped_frames=counters.dropped_frames,
+        reconnects=counters.reconnects,
+        corrupt_frames=counters.corrupt_frames,
+        gaps=counters.gaps,
+        interrupted=interrupted,
+        stopped_by=pipeline.stopped_by,
+        warmup_ms=round(pipeline.warmup_ms, 1),
+        model=str(detector.artifact),
+        source=source_text,
+        threshold=detector.threshold,
+        tiling=detector.describe()["tiling"],
+        frame_wh=list(pipeline.frame_wh) if pipeline.frame_wh else None,
+        outputs={k: v for k, v in (("jsonl", cfg.jsonl), ("video", cfg.save_video), ("crops", cfg.crops),
+                                   ("config", str(config_path) if config_path else None)) if v},
+    )
+    log.info("%s", stats.log_line(counters.dropped_frames, counters.reconnects))
+    if cfg.summary:
+        write_summary(summary, cfg.summary)
+    return summary
+
+
+def write_summary(summary: dict, path: str | Path) -> Path:
+    """Write the summary JSON atomically."""
+    return atomic_write_json(path, summary)
