@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from patchdet.training.evaluate import threshold_rows
+
 
 def _epoch_seconds(run: Path) -> list[float]:
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -24,13 +26,9 @@ def _epoch_seconds(run: Path) -> list[float]:
 
 def _table(report: dict) -> list[str]:
     rows = ["| threshold | class | precision | recall | F1 | TP | FN | FP | TN |", "|---|---|---|---|---|---|---|---|---|"]
-    for entry in report["thresholds"]:
-        c = entry["confusion"]
-        for side in ("positive", "negative"):
-            m = entry[side]
-            counts = f"{c['tp']} | {c['fn']} | {c['fp']} | {c['tn']}" if side == "positive" else " | | | "
-            rows.append(f"| {entry['threshold']:g} | {side} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                        f"{m['f1']:.3f} | {counts} |")
+    for threshold, side, m, c in threshold_rows(report):
+        counts = f"{c['tp']} | {c['fn']} | {c['fp']} | {c['tn']}" if c else " | | | "
+        rows.append(f"| {threshold:g} | {side} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {counts} |")
     return rows
 
 

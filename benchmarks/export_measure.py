@@ -89,12 +89,13 @@ def three_clients(onnx_path: Path, eval_dir: Path, max_images: int) -> dict[str,
 
     from patchdet.export.images import load_eval_set
     from patchdet.runtime.card import card_path_for, read_card
+    from patchdet.training.checkpoint import CheckpointInfo
 
     card = read_card(card_path_for(onnx_path))
-    payload = {"head": card.head, "positive_class": card.positive_class,
-               "negative_classes": card.training.get("negative_classes", []), "class_names": list(card.class_names),
-               "input_size": card.input_wh[0], "mean": card.mean, "std": card.std}
-    inputs = load_eval_set(eval_dir, payload, "model", max_images, 0).inputs
+    info = CheckpointInfo(path=str(onnx_path), arch=card.arch, head=card.head, class_names=card.class_names,
+                          input_size=card.input_wh[0], mean=card.mean, std=card.std, positive_class=card.positive_class,
+                          negative_classes=tuple(card.training.get("negative_classes", ())))
+    inputs = load_eval_set(eval_dir, info, "model", max_images, 0).inputs
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     compiled = ov.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     net = cv2.dnn.readNetFromONNX(str(onnx_path))

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import markdown_header
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 STRIDES = (96, 48)
@@ -171,9 +173,7 @@ def measure(paths: dict[str, Path], threads: int, rounds: int, skip_slow_ms: flo
 
 def _markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        "# Runtime backends: one frame of 96x96 tiles, fp32 (random-weight DisCNN-8)",
-        "",
-        f"Command: `{meta['command']}`  ",
+        *markdown_header("Runtime backends: one frame of 96x96 tiles, fp32 (random-weight DisCNN-8)", meta["command"]),
         f"Machine: {meta['machine']}; load average at start {meta['loadavg']} (shared VM: other jobs were running, "
         "so wall times are pessimistic and noisy; backends were timed interleaved and CPU times are given, so the comparison holds).  ",
         f"Versions: {meta['versions']}",

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import markdown_header
 from benchmarks.sample_clip import read_sample_clip
 from patchdet.runtime.loop import IO_NICE
 
@@ -177,9 +178,7 @@ def run(models: Path, base: str, threads: int, seconds: float, tmp: Path, frames
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        "# End-to-end detection speed vs inference only",
-        "",
-        f"Command: `{meta['command']}`  ",
+        *markdown_header("End-to-end detection speed vs inference only", meta["command"]),
         f"Model: {meta['model']}  ",
         f"Machine: {meta['machine']}; load average at start {meta['loadavg']}.  ",
         f"Pipeline: inference threads {meta['threads']}, reader/writer nice {meta.get('io_nice', '?')}, OpenCV "

@@ -27,7 +27,7 @@ from patchdet.export.artifact import artifact_files, clean_stale_staging
 from patchdet.export.config import ExportConfig
 from patchdet.export.formats import FORMATS
 from patchdet.export.pipeline import ExportJob, export_job
-from patchdet.runtime.atomic import atomic_write_json, atomic_write_text
+from patchdet.runtime.atomic import atomic_write_json, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ def base_name_for(model: str, checkpoint: Path, dense: bool, override: str | Non
     else:
         stem = checkpoint.stem
     return f"{stem}_dense" if dense else stem
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_fingerprint(root: str | None) -> str | None:

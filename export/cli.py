@@ -37,43 +37,26 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """defaults -> YAML file -> CLI flags, into one ``ExportConfig``."""
-    from patchdet.export.config import config_from_dict
+    """defaults -> YAML file -> CLI flags, into one ``ExportConfig`` (``runtime.config``, as for every stage)."""
+    from patchdet.export.config import ExportConfig
+    from patchdet.runtime.config import build_config as resolve
 
-    data: dict = {}
-    if args.config:
-        import yaml
-
-        with open(args.config, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"export config {args.config} is not a mapping of settings")
-        data.update(loaded)
-    flags = {"formats": args.formats, "out_dir": args.out, "calib_dir": args.calib, "eval_dir": args.eval_dir,
-             "dense": args.dense, "workers": args.workers, "threads": args.threads, "opset": args.opset,
-             "name": args.name}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    if args.models:
-        data["models"] = tuple(args.models)
-    if args.force:
-        data["force"] = True
-    calibration = dict(data.get("calibration") or {})
-    parity = dict(data.get("parity") or {})
+    calibration: dict = {}
     if args.calib_images is not None:
         calibration["num_images"] = args.calib_images
-        calibration["min_images"] = min(calibration.get("min_images", 32), args.calib_images)
+        calibration["min_images"] = min(32, args.calib_images)
     if args.all_classes:
         calibration["classes"] = "all"
     if args.quantize_head:
         calibration["float_head"] = False
-    if args.eval_images is not None:
-        parity["max_images"] = args.eval_images
-    if calibration:
-        data["calibration"] = calibration
-    if parity:
-        data["parity"] = parity
-    data.setdefault("models", ())
-    return config_from_dict(data)
+    parity = {"max_images": args.eval_images} if args.eval_images is not None else {}
+    flags = {"formats": args.formats, "out_dir": args.out, "calib_dir": args.calib, "eval_dir": args.eval_dir,
+             "dense": args.dense, "workers": args.workers, "threads": args.threads, "opset": args.opset,
+             "name": args.name, "models": tuple(args.models) or None, "force": args.force or None,
+             "calibration": calibration or None, "parity": parity or None}
+    if args.config is None and flags["models"] is None:
+        flags["models"] = ()
+    return resolve(ExportConfig, args.config, **flags)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -153,30 +153,3 @@ class ExportConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def config_from_dict(data: dict[str, Any]) -> ExportConfig:
-    """Build an ``ExportConfig`` from plain data (a YAML file merged with CLI flags)."""
-    data = dict(data)
-    known = {f.name for f in dataclasses.fields(ExportConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown export setting {', '.join(unknown)}: known are {', '.join(sorted(known))}")
-    if isinstance(data.get("parity"), dict):
-        data["parity"] = _nested(ParityConfig, data["parity"], "parity")
-    if isinstance(data.get("calibration"), dict):
-        data["calibration"] = _nested(CalibrationConfig, data["calibration"], "calibration")
-    for key in ("models", "formats"):
-        if key in data and isinstance(data[key], str):
-            data[key] = tuple(v for v in data[key].split(",") if v)
-        elif key in data:
-            data[key] = tuple(data[key])
-    return ExportConfig(**data)
-
-
-def _nested(cls: type, values: dict[str, Any], label: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {label} setting {', '.join(unknown)}: known are {', '.join(sorted(known))}")
-    return cls(**values)

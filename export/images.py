@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from patchdet.runtime.imagefolder import (
     normalize_batch,
     scan_image_folder,
 )
+
+if TYPE_CHECKING:
+    from patchdet.training.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,6 @@ class EvalSet:
         return self.labels == self.class_names.index(self.positive_class)
 
 
-def model_classes(payload: dict[str, Any]) -> list[str]:
-    """The classes a checkpoint was trained on (positive first for modulus heads)."""
-    if payload.get("head") == "modulus" and payload.get("positive_class"):
-        return [payload["positive_class"], *payload.get("negative_classes", [])]
-    return list(payload.get("class_names", []))
-
-
 def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
     if limit <= 0 or n <= limit:
         return np.arange(n)
@@ -77,7 +73,7 @@ def _resize_note(resized_from: dict[tuple[int, int], int], size: int) -> str | N
     return f"resized {sizes} to {size}x{size}"
 
 
-def load_calibration(root: str | Path, payload: dict[str, Any], num_images: int, min_images: int,
+def load_calibration(root: str | Path, ckpt: CheckpointInfo, num_images: int, min_images: int,
                      class_rule: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Calibration patches, normalised as the checkpoint says.
 
@@ -88,8 +84,8 @@ def load_calibration(root: str | Path, payload: dict[str, Any], num_images: int,
         ValueError: fewer than ``min_images`` readable images.
     """
     root = Path(root)
-    size = int(payload["input_size"])
-    classes = [c for c in model_classes(payload) if (root / c).is_dir()] if class_rule == "model" else []
+    size = ckpt.input_size
+    classes = [c for c in ckpt.trained_classes if (root / c).is_dir()] if class_rule == "model" else []
     if classes:
         paths = [p for c in classes for p in list_images(root / c)]
     else:
@@ -109,7 +105,7 @@ def load_calibration(root: str | Path, payload: dict[str, Any], num_images: int,
     note = _resize_note(loaded.resized_from, size)
     if note:
         log.info("calibration images: %s", note)
-    inputs = normalize_batch(loaded.images, payload["mean"], payload["std"])
+    inputs = normalize_batch(loaded.images, ckpt.mean, ckpt.std)
     info = {
         "source": str(root),
         "classes": classes or "all",
@@ -121,19 +117,19 @@ def load_calibration(root: str | Path, payload: dict[str, Any], num_images: int,
     return inputs, info
 
 
-def load_eval_set(root: str | Path, payload: dict[str, Any], class_rule: str, max_images: int, seed: int) -> EvalSet:
+def load_eval_set(root: str | Path, ckpt: CheckpointInfo, class_rule: str, max_images: int, seed: int) -> EvalSet:
     """The parity set: an ImageFolder tree, restricted to the model's classes under the ``"model"`` rule."""
     root = Path(root)
-    size = int(payload["input_size"])
+    size = ckpt.input_size
     available = list_class_folders(root)
     if not available:
         raise ValueError(f"evaluation folder {root} has no class sub-folders: expected an ImageFolder tree")
-    wanted = [c for c in model_classes(payload) if c in available] if class_rule == "model" else []
+    wanted = [c for c in ckpt.trained_classes if c in available] if class_rule == "model" else []
     index = scan_image_folder(root, wanted or None)
     chosen = _subsample(len(index), max_images, seed)
     loaded = load_images([index.paths[i] for i in chosen], index.labels[chosen], (size, size))
     note = _resize_note(loaded.resized_from, size)
-    positive = payload.get("positive_class")
+    positive = ckpt.positive_class
     info = {
         "source": str(root),
         "classes": list(index.class_names),
@@ -144,7 +140,7 @@ def load_eval_set(root: str | Path, payload: dict[str, Any], class_rule: str, ma
     }
     if positive and positive not in index.class_names:
         log.warning("evaluation folder %s has no %r folder: F1 of the positive class is not measured", root, positive)
-    inputs = normalize_batch(loaded.images, payload["mean"], payload["std"])
+    inputs = normalize_batch(loaded.images, ckpt.mean, ckpt.std)
     return EvalSet(inputs, loaded.labels.astype(np.int64), index.class_names, positive, info)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from patchdet.export.wrappers import DENSE_STRIDE, HEAD_OUTPUTS
 from patchdet.runtime.card import ModelCard
+
+if TYPE_CHECKING:
+    from patchdet.training.checkpoint import CheckpointInfo
 
 VERSIONED_PACKAGES = ("patchdet", "torch", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "numpy",
                       "opencv-python-headless", "tensorrt")
@@ -42,51 +45,42 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
-def build_card(payload: dict[str, Any], name: str, checkpoint_sha256: str, dense: bool,
+def build_card(info: CheckpointInfo, name: str, checkpoint_sha256: str, dense: bool,
                export_info: dict[str, Any]) -> ModelCard:
     """The card of one artifact (parity is added after the check).
 
     Args:
-        payload: A loaded checkpoint (``training.checkpoint.load_checkpoint``).
+        info: The checkpoint's metadata (``training.checkpoint.CheckpointInfo``).
         name: Artifact base name.
         checkpoint_sha256: Hash of the checkpoint file.
         dense: The artifact is the fully-convolutional variant.
         export_info: Format, precision and settings of this export.
     """
-    head = payload["head"]
-    size = int(payload["input_size"])
-    positive = payload.get("positive_class")
-    class_names = [positive] if head == "modulus" else list(payload["class_names"])
-    centroids = None
-    if head == "cosine":
-        centroids = tuple(tuple(float(v) for v in row) for row in plain(payload["centroids"]))
-    threshold = float(payload.get("threshold", 0.0))
-    thresholds = {str(k): float(v) for k, v in plain(payload.get("thresholds", {}) or {}).items()}
-    training = plain(payload.get("training", {}) or {})
-    training = {**training, "epoch": payload.get("epoch"), "best_metric": plain(payload.get("best_metric")),
-                "negative_classes": list(payload.get("negative_classes", []))}
+    head = info.head
+    training = {**info.training, "epoch": info.epoch, "best_metric": info.best_metric,
+                "negative_classes": list(info.negative_classes)}
     return ModelCard(
         name=name,
-        arch=payload["arch"],
+        arch=info.arch,
         head=head,
-        input_wh=(size, size),
-        mean=tuple(float(v) for v in plain(payload["mean"])),
-        std=tuple(float(v) for v in plain(payload["std"])),
-        class_names=tuple(class_names),
-        positive_class=positive,
-        threshold=threshold,
-        thresholds=thresholds,
-        centroids=centroids,
-        norm_gate=float(payload.get("norm_gate", 0.0) or 0.0),
-        background_class=payload.get("background_class"),
+        input_wh=(info.input_size, info.input_size),
+        mean=info.mean,
+        std=info.std,
+        class_names=tuple(info.output_classes),
+        positive_class=info.positive_class,
+        threshold=info.threshold,
+        thresholds=dict(info.thresholds),
+        centroids=info.centroids if head == "cosine" else None,
+        norm_gate=info.norm_gate,
+        background_class=info.background_class,
         dense=dense,
         dense_stride=DENSE_STRIDE,
         outputs=HEAD_OUTPUTS[head],
         training=training,
         source={
-            "checkpoint": str(payload.get("path", "")),
+            "checkpoint": info.path,
             "sha256": checkpoint_sha256,
-            "arch_kwargs": plain(payload.get("arch_kwargs", {})),
+            "arch_kwargs": plain(info.arch_kwargs),
         },
         export=plain(export_info),
         versions=package_versions(),

@@ -13,13 +13,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from patchdet.export.artifact import BuildContext, make_staging_dir, publish, remove_tree, total_size
 from patchdet.export.config import ExportConfig
 from patchdet.export.formats import FORMATS
+
+if TYPE_CHECKING:
+    from patchdet.training.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def set_threads(threads: int) -> None:
     cv2.setNumThreads(max(1, threads))
 
 
-def _eval_inputs(job: ExportJob, payload: dict[str, Any]):
+def _eval_inputs(job: ExportJob, ckpt: CheckpointInfo):
     """Parity inputs: (float32 [N, 3, S, S], labels int64 [N] (-1 = no model class), is_positive bool [N], info).
 
     ``--eval`` if given; else an ImageFolder ``--calib`` tree (sub-sampled like the
@@ -82,30 +85,24 @@ def _eval_inputs(job: ExportJob, payload: dict[str, Any]):
     if source is None and cfg.calib_dir is not None and list_class_folders(cfg.calib_dir):
         source, limit = cfg.calib_dir, limit or cfg.calibration.num_images
     if source is not None:
-        eval_set = load_eval_set(source, payload, cfg.calibration.classes, limit, cfg.parity.seed)
-        classes = _card_classes(payload)
+        eval_set = load_eval_set(source, ckpt, cfg.calibration.classes, limit, cfg.parity.seed)
+        classes = ckpt.output_classes
         labels = np.array([classes.index(eval_set.class_names[i]) if eval_set.class_names[i] in classes else -1
                            for i in eval_set.labels], dtype=np.int64)
         return eval_set.inputs, labels, eval_set.is_positive, eval_set.info
     if cfg.calib_dir is not None:
         from patchdet.export.images import load_calibration
 
-        inputs, info = load_calibration(cfg.calib_dir, payload, cfg.calibration.num_images, 1, "all", cfg.parity.seed)
+        inputs, info = load_calibration(cfg.calib_dir, ckpt, cfg.calibration.num_images, 1, "all", cfg.parity.seed)
         info = {**info, "note": "unlabelled calibration images: numerical parity only, no F1"}
     else:
-        size = int(payload["input_size"])
+        size = ckpt.input_size
         inputs = np.random.default_rng(cfg.parity.seed).standard_normal(
             (RANDOM_PARITY_SAMPLES, 3, size, size)).astype(np.float32)
         info = {"source": "random normal inputs", "images": RANDOM_PARITY_SAMPLES,
                 "note": "no --eval or --calib: numerical parity only, no F1"}
         log.warning("no --eval or --calib given: parity is checked on random inputs only")
     return inputs, np.full(len(inputs), -1, dtype=np.int64), np.zeros(len(inputs), dtype=bool), info
-
-
-def _card_classes(payload: dict[str, Any]) -> list[str]:
-    if payload["head"] == "modulus":
-        return [payload["positive_class"]]
-    return list(payload["class_names"])
 
 
 def _reference(key: tuple, graph: Any, inputs: np.ndarray, batch_size: int, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -142,7 +139,7 @@ def _reference(key: tuple, graph: Any, inputs: np.ndarray, batch_size: int, cach
     return outputs
 
 
-def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: Any, payload: dict[str, Any]) -> dict:
+def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: Any, ckpt: CheckpointInfo) -> dict:
     """Run the artifact and torch on the evaluation inputs and compare (see ``export.parity``)."""
     from patchdet.export.images import aligned_windows, mosaic
     from patchdet.export.parity import compare_outputs, dense_vs_patch, load_runner, run_batched
@@ -150,7 +147,7 @@ def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: A
 
     cfg = job.cfg
     spec = FORMATS[job.format]
-    inputs, labels, is_positive, info = _eval_inputs(job, payload)
+    inputs, labels, is_positive, info = _eval_inputs(job, ckpt)
     runner = load_runner(artifact, job.threads)
     key = (job.checkpoint_sha256, cfg.dense, info.get("source"), len(inputs))
     cache_dir = Path(cfg.out_dir) / REFERENCE_CACHE_DIR
@@ -162,7 +159,7 @@ def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: A
     per_side = cfg.parity.dense_mosaic
     frames = mosaic(inputs, per_side)
     used = len(frames) * per_side * per_side
-    cells = int(payload["input_size"]) // 16
+    cells = ckpt.input_size // 16
     ref_maps = _reference(key, graph, frames, max(1, cfg.parity.batch_size // (per_side * per_side)), cache_dir)
     art_maps = run_batched(runner, frames, max(1, cfg.parity.batch_size // (per_side * per_side)))
     missing = [name for name in card.outputs if name not in art_maps]
@@ -174,7 +171,7 @@ def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: A
     map_diff = np.abs(art_maps["score"].astype(np.float64) - ref_maps["score"])
     result["map_score_max_abs"] = float(map_diff.max())
     result["map_score_rel"] = float(map_diff.max() / max(float(np.abs(ref_maps["score"]).max()), 1e-12))
-    patch_graph = build_graph(model, payload["head"], payload.get("centroids"), dense=False)
+    patch_graph = build_graph(model, ckpt.head, ckpt.centroids, dense=False)
     patch_key = (job.checkpoint_sha256, False, info.get("source"), len(inputs))  # = a patch export's reference
     patch_ref = _reference(patch_key, patch_graph, inputs, cfg.parity.batch_size, cache_dir)
     patch_scores = patch_ref["score"][:used]
@@ -218,17 +215,19 @@ def _export(job: ExportJob, spec, out_dir: Path, new_staging) -> dict[str, Any]:
     from patchdet.export.images import load_calibration, mosaic
     from patchdet.export.model_card import build_card
     from patchdet.export.wrappers import build_graph
-    from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from patchdet.training.checkpoint import CheckpointInfo, build_model_from_checkpoint, load_checkpoint
 
     cfg = job.cfg
     set_threads(job.threads)
     payload = load_checkpoint(job.checkpoint)
     model = build_model_from_checkpoint(payload)
-    graph = build_graph(model, payload["head"], payload.get("centroids"), dense=cfg.dense)
+    ckpt = CheckpointInfo.from_payload(payload)
+    del payload  # the weights are in the model now; everything else is in ckpt
+    graph = build_graph(model, ckpt.head, ckpt.centroids, dense=cfg.dense)
     calibration, calib_info = None, None
     if spec.needs_calibration and spec.source_format is None:
         calibration, calib_info = load_calibration(
-            cfg.calib_dir, payload, cfg.calibration.num_images, cfg.calibration.min_images,
+            cfg.calib_dir, ckpt, cfg.calibration.num_images, cfg.calibration.min_images,
             cfg.calibration.classes, cfg.calibration.seed,
         )
         if cfg.dense:
@@ -242,12 +241,12 @@ def _export(job: ExportJob, spec, out_dir: Path, new_staging) -> dict[str, Any]:
                              "int8_max_f1_drop": cfg.parity.int8_max_f1_drop},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    card = build_card(payload, job.base_name, job.checkpoint_sha256, cfg.dense, export_info)
+    card = build_card(ckpt, job.base_name, job.checkpoint_sha256, cfg.dense, export_info)
     staging = new_staging()
     result: dict[str, Any] = {}
     ctx = BuildContext(
         graph=graph, card=card, spec=spec, staging_dir=staging, out_dir=out_dir, base_name=job.base_name,
-        input_size=int(payload["input_size"]), dense=cfg.dense, opset=cfg.opset, calibration=calibration,
+        input_size=ckpt.input_size, dense=cfg.dense, opset=cfg.opset, calibration=calibration,
         float_head=cfg.calibration.float_head, threads=job.threads,
     )
     built = spec.load_builder()(ctx)
@@ -257,7 +256,7 @@ def _export(job: ExportJob, spec, out_dir: Path, new_staging) -> dict[str, Any]:
             (out_dir / extra.name).unlink(missing_ok=True)
             extra.replace(out_dir / extra.name)
         return {**result, "status": "skipped", "reason": built.skipped_reason}
-    parity = check_parity(job, built.path, card, graph, model, payload)
+    parity = check_parity(job, built.path, card, graph, model, ckpt)
     card = card.replace(parity=parity)
     if built.embed_card is not None:
         built.embed_card(card)

@@ -1,4 +1,4 @@
-"""Atomic file output: a reader never sees a half-written file under its final name.
+"""Files: atomic output (a reader never sees a half-written file under its final name) and content hashes.
 
 Every stage writes through these (checkpoints, configs, model cards,
 manifests, summaries): the data goes to a temporary file in the same folder,
@@ -8,6 +8,7 @@ writing fails or is interrupted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -47,3 +48,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -74,23 +74,37 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def load_yaml_mapping(yaml_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping of settings in a YAML file (empty file: ``{}``); one-line errors naming the file."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
 def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, **overrides: Any) -> C:
-    """Defaults of ``cls`` <- YAML mapping at ``yaml_path`` <- ``overrides`` (``None`` = not given)."""
-    values: dict[str, Any] = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of keys to values")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    """Defaults of ``cls`` <- YAML mapping at ``yaml_path`` <- ``overrides`` (``None`` = not given).
+
+    Overrides of a nested settings block (a dict for a dataclass field) are merged key by key into the
+    file's block, so a flag changes one knob without dropping the file's others.
+    """
+    values: dict[str, Any] = load_yaml_mapping(yaml_path) if yaml_path is not None else {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}")
+        where = f" in {yaml_path}" if yaml_path is not None else ""
+        raise ValueError(f"unknown config key(s) {', '.join(map(str, unknown))}{where} for {cls.__name__}: "
+                         f"expected some of {', '.join(sorted(fields))}")
     kwargs = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
     return cls(**kwargs)
 

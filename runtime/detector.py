@@ -26,6 +26,7 @@ from patchdet.runtime.builtin import builtin_model
 from patchdet.runtime.card import ModelCard, read_artifact_card, read_card
 from patchdet.runtime.decisions import decide_tiles, decision_rule
 from patchdet.runtime.detections import Detections, merge_boxes
+from patchdet.runtime.inference import BatchInference
 from patchdet.runtime.preprocess import BufferPool, Prepared, Tiler
 from patchdet.runtime.tiling import TilingConfig, coverage_max, dense_coverage_max, tiling_for_card
 
@@ -95,9 +96,6 @@ class Detector:
                  threads: int | None = None, norm_gate: float | None = None, card: ModelCard | str | Path | None = None,
                  backend_options: Mapping[str, Any] | None = None, max_batch: int | None = 256,
                  reuse_buffers: bool = True) -> None:
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch <= 0):
-            raise ValueError(f"max_batch {max_batch!r} is invalid: expected a positive integer or None")
-        self.max_batch = max_batch
         self.artifact = Path(model) if model is not None else builtin_model(dense=bool(tiling and tiling.dense))
         if card is None:
             card = read_artifact_card(self.artifact)
@@ -117,6 +115,7 @@ class Detector:
         self.tiler = Tiler(card, self.tiling, self.pool)
         self.backend = load_backend(self.artifact, backend, threads, **dict(backend_options or {}))
         self.backend_name: str = self.backend.name
+        self.inference = BatchInference(self.backend, max_batch, self.pool)
         if self.dense:
             logger.info("dense mode: windows of %s px every %.1f frame px", self.tiling.tile_wh,
                         card.dense_stride / self.tiler.dense_scale)
@@ -141,38 +140,16 @@ class Detector:
         return self.tiler(frame_bgr)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the backend on float32 [N, 3, H, W] in calls of at most ``max_batch``; the batch goes back to the pool."""
-        try:
-            if self.max_batch is None or len(batch) <= self.max_batch:
-                return self.backend(batch)
-            parts = [self.backend(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
-            return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
-        finally:
-            if self.pool is not None:
-                self.pool.give(batch)
+        """Backend outputs for float32 [N, 3, H, W] (``runtime.inference.BatchInference.infer``)."""
+        return self.inference.infer(batch)
 
     def submit(self, batch: np.ndarray, callback: Callable[[dict[str, np.ndarray]], None]) -> None:
-        """Start inference without waiting; ``callback(outputs)`` runs when it is done.
-
-        With OpenVINO's THROUGHPUT hint several batches are in flight and callbacks run on
-        OpenVINO's threads, possibly out of order; other backends call back before returning.
-        The batch is copied at submission and goes back to the pool at once; not split by ``max_batch``.
-        """
-        backend_submit = getattr(self.backend, "submit", None)
-        if backend_submit is None:
-            callback(self.infer(batch))
-            return
-        try:
-            backend_submit(batch, callback)
-        finally:
-            if self.pool is not None:
-                self.pool.give(batch)
+        """Start inference without waiting (``runtime.inference.BatchInference.submit``)."""
+        self.inference.submit(batch, callback)
 
     def wait(self) -> None:
-        """Block until every :meth:`submit` call has called back (re-raises a callback's error)."""
-        backend_wait = getattr(self.backend, "wait", None)
-        if backend_wait is not None:
-            backend_wait()
+        """Block until every :meth:`submit` call has called back."""
+        self.inference.wait()
 
     def tile_decisions(self, outputs: Mapping[str, np.ndarray], dense: bool = False
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,10 +226,8 @@ class Detector:
         """float32 [H, W]: per pixel, the highest score of the tiles covering it (0 where none); kept in the result."""
         if result.heatmap is None:
             if result.dense_map_hw is not None:
-                result.heatmap = dense_coverage_max(
-                    result.tile_scores.reshape(result.dense_map_hw), self.card.input_wh, self.card.dense_stride,
-                    result.frame_wh, 1.0 / self.tiler.dense_scale,
-                )
+                result.heatmap = dense_coverage_max(result.tile_scores.reshape(result.dense_map_hw), self.card.input_wh,
+                                                    self.card.dense_stride, result.frame_wh, 1.0 / self.tiler.dense_scale)
             else:
                 result.heatmap = coverage_max(result.frame_wh, result.tile_xyxy, result.tile_scores)
         return result.heatmap

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from patchdet.runtime import streams
-from patchdet.runtime.streams import Frame, FrameSource, SourceSpec, StreamOptions, _valid_image
+from patchdet.runtime import capture
+from patchdet.runtime.streams import Frame, FrameSource, SourceSpec, StreamOptions
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class LiveSource(FrameSource):
         super().__init__(str(spec.target), options)
         self._spec = spec
         self._reconnect = spec.live  # a file played live simply ends
-        self._cap = streams._open_capture(spec, options)
+        self._cap = capture.open_capture(spec, options)
         if self._cap is None:
             if spec.kind == "camera":
                 reason = describe_camera_failure(int(spec.target))
@@ -111,7 +111,7 @@ class LiveSource(FrameSource):
                     self._release()
                     continue
                 index += 1
-                if not _valid_image(image):
+                if not capture.valid_image(image):
                     self.counters.corrupt_frames += 1
                     continue
                 if index % self.options.vid_stride:
@@ -140,7 +140,7 @@ class LiveSource(FrameSource):
         attempts = 0
         while not self._stop.wait(delay):
             attempts += 1
-            cap = streams._open_capture(self._spec, self.options)
+            cap = capture.open_capture(self._spec, self.options)
             if cap is not None:
                 gap = time.monotonic() - lost_at
                 self._cap = cap

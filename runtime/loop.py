@@ -86,7 +86,7 @@ def opencv_threads(threads: int | None) -> Iterator[None]:
     unless OpenCV is the inference engine: tiling, resizing and drawing then
     stay on the reader and writer threads instead of waking a worker pool that
     competes with the inference threads for the same cores. (FFmpeg's decoder
-    threads are set per capture: ``runtime.streams.DECODE_THREADS``.)
+    threads are set per capture: ``runtime.capture.DECODE_THREADS``.)
     """
     if threads is None:
         yield

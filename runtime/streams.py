@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from patchdet.runtime import capture
 from patchdet.runtime.imagefolder import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
@@ -169,51 +170,6 @@ def parse_source(text: str | int) -> SourceSpec:
         return SourceSpec("image", str(path), (path,))
     return SourceSpec("video", str(path))
 
-def quiet_video_backends() -> None:
-    """Silence OpenCV's and FFmpeg's own console messages unless debug logging is on.
-
-    patchdet says what went wrong in its own log lines (with the source and
-    the reason); the libraries' raw messages only repeat it less clearly.
-    """
-    if log.isEnabledFor(logging.DEBUG):
-        return
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except AttributeError:  # older OpenCV
-        pass
-
-
-# FFmpeg decoder threads per capture. FFmpeg's default (one per core) decodes on worker threads created when
-# the source is opened, at the inference's priority; with 1 the decoding runs on the thread that reads the
-# frames (the pipeline's lower-priority reader, or a live source's grabber), and it costs less CPU on a
-# small machine: 1.4 instead of 2.05 CPU-ms per 720p mp4v frame.
-DECODE_THREADS = 1
-
-
-def _open_capture(spec: SourceSpec, options: StreamOptions) -> cv2.VideoCapture | None:
-    """Open a ``cv2.VideoCapture`` for a camera, URL or video file; ``None`` when it does not open."""
-    if spec.kind == "camera":
-        cap = cv2.VideoCapture(int(spec.target))
-    elif spec.kind == "url":
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.read_timeout_s * 1000),
-            cv2.CAP_PROP_N_THREADS, DECODE_THREADS,
-        ]  # fmt: skip
-        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
-    else:
-        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, DECODE_THREADS])
-    if not cap.isOpened():
-        cap.release()
-        return None
-    return cap
-
-
-def _valid_image(image: np.ndarray | None) -> bool:
-    return image is not None and image.ndim == 3 and image.shape[2] == 3 and image.size > 0
-
-
 class FrameSource:
     """Iterator of :class:`Frame`; closes idempotently; a context manager.
 
@@ -280,7 +236,7 @@ class VideoFileSource(FrameSource):
 
     def __init__(self, spec: SourceSpec, options: StreamOptions) -> None:
         super().__init__(str(spec.target), options)
-        self._cap = _open_capture(spec, options)
+        self._cap = capture.open_capture(spec, options)
         if self._cap is None:
             raise OSError(f"source {spec.target} cannot be opened: not a video OpenCV/FFmpeg can decode")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -320,7 +276,7 @@ class VideoFileSource(FrameSource):
             ok, image = self._read_one()
             decode_ms = (time.perf_counter() - start) * 1000.0
             self._index += 1
-            if ok and _valid_image(image) and self._same_size(image):
+            if ok and capture.valid_image(image) and self._same_size(image):
                 self._frames_ok += 1
                 if corrupt_in_a_row:
                     self.counters.corrupt_frames += corrupt_in_a_row
@@ -395,7 +351,7 @@ class ImageSource(FrameSource):
             except (OSError, cv2.error):
                 image = None
             decode_ms = (time.perf_counter() - start) * 1000.0
-            if not _valid_image(image):
+            if not capture.valid_image(image):
                 self.counters.corrupt_frames += 1
                 log.warning("skipped unreadable image %s", path)
                 continue
@@ -418,7 +374,7 @@ def open_source(text: str | int, options: StreamOptions | None = None) -> FrameS
         ValueError: the text is not a source at all (empty, unknown URL scheme).
     """
     options = options or StreamOptions()
-    quiet_video_backends()
+    capture.quiet_video_backends()
     spec = parse_source(text)
     if spec.kind in ("image", "images"):
         return ImageSource(spec, options)

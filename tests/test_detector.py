@@ -324,8 +324,8 @@ def test_max_batch_splits_calls_without_changing_results(model_dir):
     split = Detector(model_dir / "modulus.onnx", tiling=tiling, max_batch=16)
     calls = []
     backend_call = split.backend.__call__
-    split.backend = type("Counting", (), {"__call__": lambda self, b: calls.append(len(b)) or backend_call(b),
-                                          "name": "counting"})()
+    split.inference.backend = type("Counting", (), {"__call__": lambda self, b: calls.append(len(b)) or backend_call(b),
+                                                    "name": "counting"})()
     np.testing.assert_allclose(split(frame).tile_scores, one(frame).tile_scores, rtol=1e-6)
     assert calls == [16] * 9 + [9]
     with pytest.raises(ValueError, match="max_batch 0 is invalid"):

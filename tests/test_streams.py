@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from patchdet.runtime import streams
+from patchdet.runtime import capture
 from patchdet.runtime.grabber import LiveSource, describe_camera_failure
 from patchdet.runtime.streams import SourceSpec, StreamOptions, open_source, parse_source
 from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, write_video
@@ -158,7 +158,7 @@ class ScriptedCapture:
 
 def test_live_source_keeps_only_the_newest_frame(monkeypatch):
     done = threading.Event()
-    monkeypatch.setattr(streams, "_open_capture", lambda spec, options: ScriptedCapture(50, 0, "block", done))
+    monkeypatch.setattr(capture, "open_capture", lambda spec, options: ScriptedCapture(50, 0, "block", done))
     with LiveSource(SourceSpec("url", "http://fake/stream"), StreamOptions()) as source:
         assert done.wait(10)
         frame = next(source)
@@ -178,7 +178,7 @@ def test_live_source_reconnects_after_loss(monkeypatch):
             return ScriptedCapture(3, 100, "block", done_second)
         return None  # still down: back-off doubles
 
-    monkeypatch.setattr(streams, "_open_capture", opener)
+    monkeypatch.setattr(capture, "open_capture", opener)
     options = StreamOptions(reconnect_initial_s=0.01, reconnect_max_s=0.05)
     with LiveSource(SourceSpec("url", "http://fake/stream"), options) as source:
         values = []
@@ -199,7 +199,7 @@ def test_live_source_gives_up_after_reconnect_timeout(monkeypatch):
         calls.append(1)
         return ScriptedCapture(2, 0, "fail", done) if len(calls) == 1 else None
 
-    monkeypatch.setattr(streams, "_open_capture", opener)
+    monkeypatch.setattr(capture, "open_capture", opener)
     options = StreamOptions(reconnect_initial_s=0.01, reconnect_max_s=0.02, reconnect_timeout_s=0.1)
     with LiveSource(SourceSpec("url", "http://fake/stream"), options) as source:
         frames = list(source)  # ends instead of hanging

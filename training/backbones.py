@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from patchdet.training.models import register_model
 from patchdet.training.pedcc import check_pedcc_shape
 
 POD_HEADS = ("cosine", "softmax")
@@ -180,7 +179,6 @@ def _build(trunk: nn.Module, num_classes: int, latent_dim: int | None, head: str
     return PODClassifier(trunk, trunk.out_features, num_classes, latent_dim, head, input_size)
 
 
-@register_model("smallcnn")
 def smallcnn(
     num_classes: int = 10,
     latent_dim: int | None = None,
@@ -194,7 +192,6 @@ def smallcnn(
     return _build(SmallCNN(tuple(widths), input_size), num_classes, latent_dim, head, input_size)
 
 
-@register_model("mobilenetv2")
 def mobilenetv2(
     num_classes: int = 10, latent_dim: int | None = None, head: str = "cosine", input_size: int = 32, **kwargs: Any
 ) -> PODClassifier:
@@ -203,7 +200,6 @@ def mobilenetv2(
     return _build(_mobilenetv2_trunk(input_size), num_classes, latent_dim, head, input_size)
 
 
-@register_model("resnet18")
 def resnet18(
     num_classes: int = 10, latent_dim: int | None = None, head: str = "cosine", input_size: int = 32, **kwargs: Any
 ) -> PODClassifier:
@@ -215,3 +211,7 @@ def resnet18(
 def _reject_unknown(kwargs: dict[str, Any]) -> None:
     if kwargs:
         raise ValueError(f"unknown model option(s) {', '.join(sorted(kwargs))} for a POD/softmax classifier")
+
+
+# name -> builder; registered beside DisCNN by ``training.models``.
+BACKBONES = {"smallcnn": smallcnn, "mobilenetv2": mobilenetv2, "resnet18": resnet18}

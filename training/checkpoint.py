@@ -18,8 +18,8 @@ Layout (every key but the optional ones is always present)::
 
 from __future__ import annotations
 
-import hashlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,93 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, foreign or inconsistent."""
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy values -> Python lists / numbers (checkpoints hold both)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about its model: read once, typed, used by export, evaluation and cards.
+
+    Attributes:
+        path: The checkpoint file.
+        arch, arch_kwargs: Registered model name and builder arguments.
+        head: ``modulus``, ``cosine`` or ``softmax``.
+        class_names: Classes of the training data (all of them, for modulus heads too).
+        positive_class, negative_classes: The modulus head's positive and negative classes.
+        input_size: Square input side in pixels.
+        mean, std: Normalisation (RGB, [0, 1] units).
+        threshold: Recommended decision threshold; thresholds: other named operating points.
+        centroids: Class centroids [K][D] (cosine heads).
+        norm_gate: Latent norm below which a cosine head says background.
+        background_class: Name of a background class, if any.
+        epoch, best_metric: Where training stopped.
+        training: Data summary of the run.
+    """
+
+    path: str
+    arch: str
+    head: str
+    class_names: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    positive_class: str | None = None
+    negative_classes: tuple[str, ...] = ()
+    threshold: float = 0.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    centroids: tuple[tuple[float, ...], ...] | None = None
+    norm_gate: float = 0.0
+    background_class: str | None = None
+    epoch: int | None = None
+    best_metric: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> CheckpointInfo:
+        """Read a loaded checkpoint's metadata; a missing required key is a ``CheckpointError``."""
+        try:
+            centroids = payload.get("centroids")
+            return cls(
+                path=str(payload.get("path", "")), arch=payload["arch"], head=payload["head"],
+                class_names=tuple(payload["class_names"]), input_size=int(payload["input_size"]),
+                mean=tuple(float(v) for v in _plain(payload["mean"])),
+                std=tuple(float(v) for v in _plain(payload["std"])),
+                arch_kwargs=_plain(dict(payload.get("arch_kwargs") or {})),
+                positive_class=payload.get("positive_class"),
+                negative_classes=tuple(payload.get("negative_classes") or ()),
+                threshold=float(payload.get("threshold", 0.0) or 0.0),
+                thresholds={str(k): float(v) for k, v in _plain(payload.get("thresholds") or {}).items()},
+                centroids=None if centroids is None else tuple(tuple(float(v) for v in row) for row in _plain(centroids)),
+                norm_gate=float(payload.get("norm_gate", 0.0) or 0.0),
+                background_class=payload.get("background_class"),
+                epoch=payload.get("epoch"), best_metric=_plain(payload.get("best_metric")),
+                training=_plain(dict(payload.get("training") or {})),
+            )
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint {payload.get('path', '?')} has no {exc.args[0]!r} entry") from None
+
+    @property
+    def output_classes(self) -> list[str]:
+        """The classes the model's output names: the positive class of a modulus head, else every class."""
+        return [self.positive_class] if self.head == "modulus" else list(self.class_names)
+
+    @property
+    def trained_classes(self) -> list[str]:
+        """The classes the model was trained on (positive first for modulus heads)."""
+        if self.head == "modulus" and self.positive_class:
+            return [self.positive_class, *self.negative_classes]
+        return list(self.class_names)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -87,11 +174,3 @@ def build_model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
         ) from None
     model.eval()
     return model
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -59,7 +59,7 @@ def evaluate_multiclass(cfg: Any, scorer: Any) -> dict[str, Any]:
     ``cfg.classes`` restricts evaluation to some of the model's classes;
     otherwise the folder's class folders must be exactly the model's.
     """
-    from patchdet.training.evaluate import score_folder
+    from patchdet.training.scoring import score_folder
 
     model_classes = list(scorer.class_names)
     if scorer.head == "cosine":

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from patchdet.training.backbones import BACKBONES
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -128,5 +130,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# Registers the POD backbones (small CNN, MobileNetV2, ResNet-18) beside DisCNN.
-from patchdet.training import backbones as _backbones  # noqa: E402,F401
+# The POD backbones (small CNN, MobileNetV2, ResNet-18) beside DisCNN.
+for _name, _builder in BACKBONES.items():
+    register_model(_name)(_builder)
