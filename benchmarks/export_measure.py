@@ -87,7 +87,7 @@ def three_clients(onnx_path: Path, eval_dir: Path, max_images: int) -> dict[str,
     import onnxruntime as ort
     import openvino as ov
 
-    from patchdet.export.images import load_eval_set
+    from patchdet.export.datasets import load_eval_set
     from patchdet.runtime.card import card_path_for, read_card
     from patchdet.training.checkpoint import CheckpointInfo
 

@@ -77,7 +77,7 @@ def _eval_inputs(job: ExportJob, ckpt: CheckpointInfo):
     ``--eval`` if given; else an ImageFolder ``--calib`` tree (sub-sampled like the
     calibration set); else unlabelled calibration images; else seeded random inputs.
     """
-    from patchdet.export.images import load_eval_set
+    from patchdet.export.datasets import load_eval_set
     from patchdet.runtime.imagefolder import list_class_folders
 
     cfg = job.cfg
@@ -91,7 +91,7 @@ def _eval_inputs(job: ExportJob, ckpt: CheckpointInfo):
                            for i in eval_set.labels], dtype=np.int64)
         return eval_set.inputs, labels, eval_set.is_positive, eval_set.info
     if cfg.calib_dir is not None:
-        from patchdet.export.images import load_calibration
+        from patchdet.export.datasets import load_calibration
 
         inputs, info = load_calibration(cfg.calib_dir, ckpt, cfg.calibration.num_images, 1, "all", cfg.parity.seed)
         info = {**info, "note": "unlabelled calibration images: numerical parity only, no F1"}
@@ -141,7 +141,7 @@ def _reference(key: tuple, graph: Any, inputs: np.ndarray, batch_size: int, cach
 
 def check_parity(job: ExportJob, artifact: Path, card: Any, graph: Any, model: Any, ckpt: CheckpointInfo) -> dict:
     """Run the artifact and torch on the evaluation inputs and compare (see ``export.parity``)."""
-    from patchdet.export.images import aligned_windows, mosaic
+    from patchdet.export.datasets import aligned_windows, mosaic
     from patchdet.export.parity import compare_outputs, dense_vs_patch, load_runner, run_batched
     from patchdet.export.wrappers import build_graph
 
@@ -212,7 +212,7 @@ def export_job(job: ExportJob) -> dict[str, Any]:
 
 
 def _export(job: ExportJob, spec, out_dir: Path, new_staging) -> dict[str, Any]:
-    from patchdet.export.images import load_calibration, mosaic
+    from patchdet.export.datasets import load_calibration, mosaic
     from patchdet.export.model_card import build_card
     from patchdet.export.wrappers import build_graph
     from patchdet.training.checkpoint import CheckpointInfo, build_model_from_checkpoint, load_checkpoint

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchdet.export.images import aligned_windows, mosaic
+from patchdet.export.datasets import aligned_windows, mosaic
 from patchdet.export.wrappers import HEAD_OUTPUTS, DenseBody, build_graph
 from patchdet.training.models import get_model
 from tests.export_helpers import randomize_batchnorm
