@@ -15,9 +15,18 @@ light and never imports torch; only the light runtime is needed to detect::
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# Installed, the stage folders are mapped into this package (pyproject's package-dir). In a source
+# checkout they sit beside it, and Python run from the checkout's root finds this folder first: let
+# it find the stages there too, so `python -c "import patchdet; patchdet.Detector"` works in both.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_checkout, "pyproject.toml")) and all(
+        os.path.isfile(os.path.join(_checkout, stage, "__init__.py")) for stage in ("training", "export", "runtime")):
+    __path__.append(_checkout)
 
 # public name -> "module:attribute", imported on first use
 _PUBLIC = {
