@@ -11,7 +11,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-MERGE_METHODS = ("connected", "nms", "none")
+MERGE_METHODS = ("connected", "nms", "fuse", "none")
 
 
 @dataclass
@@ -222,13 +222,40 @@ def merge_nms(dets: Detections, iou_threshold: float = 0.3) -> Detections:
     return dets[kept]
 
 
+def merge_fused(dets: Detections, iou_threshold: float = 0.3) -> Detections:
+    """Per-class greedy clustering by IoU, each cluster fused into its members' score-weighted mean box.
+
+    Positive tiles overlap a car from several sides and at several scales; the best tile alone is off by
+    up to a stride, while the weighted mean of the tiles that see the same car fits it closer (the idea of
+    weighted boxes fusion). The keeper's score and tile index are kept. Sorted by descending score.
+    """
+    if len(dets) == 0:
+        return Detections.empty()
+    rows, boxes = [], []
+    for cls in np.unique(dets.class_id):
+        idx = np.flatnonzero(dets.class_id == cls)
+        order = idx[np.argsort(-dets.score[idx], kind="stable")]
+        while order.size:
+            iou = box_iou(dets.xyxy[order[:1]], dets.xyxy[order])[0]
+            members = order[iou > iou_threshold] if order.size > 1 else order[:1]
+            members = np.union1d(members, order[:1])
+            weights = np.maximum(dets.score[members].astype(np.float64), 1e-6)
+            boxes.append((dets.xyxy[members] * weights[:, None]).sum(axis=0) / weights.sum())
+            rows.append(int(order[0]))
+            order = order[~np.isin(order, members)]
+    fused = dets[np.asarray(rows, dtype=np.int64)]
+    fused = Detections(np.asarray(boxes, np.float32).reshape(-1, 4), fused.score, fused.class_id, fused.tile_index)
+    return fused[np.argsort(-fused.score, kind="stable")]
+
+
 def merge_boxes(dets: Detections, method: str = "connected", iou_threshold: float = 0.3) -> Detections:
     """Turn positive tiles into object boxes.
 
     Args:
         dets: Positive tiles as detections (one row per tile).
         method: ``connected`` (union of touching/overlapping tiles, score = max),
-            ``nms`` (keep the best of overlapping tiles) or ``none`` (tiles as they are).
+            ``nms`` (keep the best of overlapping tiles), ``fuse`` (``merge_fused``: the score-weighted
+            mean of overlapping tiles) or ``none`` (tiles as they are).
         iou_threshold: IoU above which ``nms`` suppresses a box.
 
     Returns:
@@ -241,8 +268,8 @@ def merge_boxes(dets: Detections, method: str = "connected", iou_threshold: floa
         raise ValueError(f"merge method {method!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
     if method == "connected":
         return merge_connected(dets)
-    if method == "nms":
+    if method in ("nms", "fuse"):
         if not 0.0 <= float(iou_threshold) <= 1.0:
             raise ValueError(f"NMS IoU threshold {iou_threshold!r} is invalid: expected a number in [0, 1]")
-        return merge_nms(dets, iou_threshold)
+        return merge_nms(dets, iou_threshold) if method == "nms" else merge_fused(dets, iou_threshold)
     return dets

@@ -134,8 +134,8 @@ def multiscale_grid(
         also int64 [N] indices into ``scales``.
 
     Raises:
-        ValueError: For an empty or invalid scale list, or a scale whose tile
-            does not fit in the frame.
+        ValueError: For an empty or invalid scale list, or when no scale's tile
+            fits in the frame (scales whose tile is larger than the frame are skipped).
     """
     tile = as_wh(tile_wh, "tile size")
     stride = as_wh(stride_wh, "stride")
@@ -143,15 +143,20 @@ def multiscale_grid(
     if not scales:
         raise ValueError("scales () is invalid: expected at least one positive scale")
     boxes, index = [], []
+    first_error = None
     for i, scale in enumerate(scales):
         if not isinstance(scale, (int, float, np.floating, np.integer)) or not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale {scale!r} is invalid: expected a positive finite number")
         try:
             grid = tile_grid(frame_wh, scaled_wh(tile, float(scale)), scaled_wh(stride, float(scale)))
         except ValueError as exc:
-            raise ValueError(f"at scale {scale}: {exc}") from None
+            # A coarse scale's tile can be larger than a small frame: that scale has nothing to look at.
+            first_error = first_error or f"at scale {scale}: {exc}"
+            continue
         boxes.append(grid)
         index.append(np.full(len(grid), i, dtype=np.int64))
+    if not boxes:
+        raise ValueError(first_error)
     all_boxes = np.concatenate(boxes, axis=0)
     if return_scale_index:
         return all_boxes, np.concatenate(index)

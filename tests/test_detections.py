@@ -130,3 +130,24 @@ def test_merge_is_idempotent_and_keeps_every_tile_inside(tiles, method):
             same = once.xyxy[once.class_id == cls]
             assert ((same[:, :2] <= box[:2]).all(axis=1) & (same[:, 2:] >= box[2:]).all(axis=1)).any()
         assert once.score.max() == pytest.approx(tiles.score.max())
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "expected"),
+    [
+        # two tiles on one car, weights 3:1 -> the fused box leans to the stronger tile
+        ([[0, 0, 40, 40], [10, 0, 50, 40]], [3.0, 1.0], [[2.5, 0, 42.5, 40]]),
+        # two cars side by side (IoU 0): two boxes, each its own tile
+        ([[0, 0, 40, 40], [40, 0, 80, 40]], [2.0, 1.0], [[0, 0, 40, 40], [40, 0, 80, 40]]),
+        # a lone tile is kept as it is
+        ([[5, 5, 37, 37]], [1.5], [[5, 5, 37, 37]]),
+    ],
+)
+def test_fuse_merge_averages_overlapping_tiles_by_score(boxes, scores, expected):
+    dets = Detections(np.asarray(boxes, np.float32), np.asarray(scores, np.float32),
+                      np.zeros(len(scores), np.int64), np.arange(len(scores)))
+    fused = merge_boxes(dets, "fuse", iou_threshold=0.3)
+    np.testing.assert_allclose(fused.xyxy, np.asarray(expected, np.float32), atol=1e-4)
+    assert fused.score.tolist() == sorted(scores, reverse=True)[:len(expected)]
+    again = merge_boxes(fused, "fuse", iou_threshold=0.3)  # fusing fused boxes changes nothing
+    np.testing.assert_allclose(again.xyxy, fused.xyxy, atol=1e-4)

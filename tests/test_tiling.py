@@ -69,9 +69,11 @@ def test_multiscale_grid_rejects_bad_scales(scales):
         multiscale_grid((100, 100), 10, 10, scales)
 
 
-def test_multiscale_grid_scale_too_coarse_names_the_scale():
-    with pytest.raises(ValueError, match="at scale 0.25"):
-        multiscale_grid((100, 100), 50, 50, (1.0, 0.25))
+def test_multiscale_grid_skips_scales_too_coarse_for_the_frame():
+    boxes, index = multiscale_grid((100, 100), 50, 50, (1.0, 0.25), return_scale_index=True)
+    assert len(boxes) == 4 and set(index.tolist()) == {0}  # 200 px tiles do not fit a 100 px frame
+    with pytest.raises(ValueError, match="at scale 0.25"):  # no scale fits: say which
+        multiscale_grid((100, 100), 50, 50, (0.25,))
 
 
 def test_dense_window_boxes_layout_and_clip():
@@ -135,7 +137,7 @@ def test_multiscale_boxes_map_back_exactly(params, scales):
         assert (crop_x[0, 0], crop_y[0, 0], crop_x[-1, -1] + 1, crop_y[-1, -1] + 1) == (x0, y0, x1, y1)
         expected_w = max(1, round(tile_wh[0] / scales[k]))
         assert x1 - x0 == expected_w
-    for k in range(len(scales)):  # every scale covers the whole frame
+    for k in set(index.tolist()):  # every scale that fits covers the whole frame
         covered = np.zeros((h, w), bool)
         for x0, y0, x1, y1 in boxes[index == k]:
             covered[y0:y1, x0:x1] = True
