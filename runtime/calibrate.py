@@ -59,12 +59,20 @@ class CalibrateConfig(DetectorSettings):
         negative_classes: Sub-folders of the negatives (``None``: all other sub-folders).
         target_precision: Reach at least this precision on the labelled folder.
         target_recall: Keep at least this recall on the labelled folder.
+        video: Ordinary footage of one fixed camera (traffic included, no labels): its background plate
+            sets the threshold (no plate tile may fire, with ``plate_margin`` to spare) and its moving
+            objects fit a perspective tiling (``runtime.camera_fit``); both go into the card.
+        plate_margin: The plate threshold sits this fraction above the plate's highest tile score.
+        min_seconds: Calibration video shorter than this is refused.
         model, card, backend, threads, tile, stride, scales, dense, merge: ``DetectorSettings``, as for
             ``patchdet detect``.
     """
 
     output: str | None = None
     report: str | None = None
+    video: str | None = None
+    plate_margin: float = 0.1
+    min_seconds: float = 3.0
     background: str | None = None
     false_alarms: float = 0.0
     per: str = "frame"
@@ -79,9 +87,11 @@ class CalibrateConfig(DetectorSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.background is None and self.labelled is None:
-            raise ValueError("nothing to calibrate on: give background footage (--background) "
-                             "and/or a labelled folder (--labelled)")
+        if self.background is None and self.labelled is None and self.video is None:
+            raise ValueError("nothing to calibrate on: give camera footage (--video), background footage "
+                             "(--background) and/or a labelled folder (--labelled)")
+        if not (math.isfinite(self.plate_margin) and self.plate_margin >= 0):
+            raise ValueError(f"plate_margin {self.plate_margin!r} is invalid: expected a number >= 0")
         if self.per not in RATE_UNITS:
             raise ValueError(f"false-alarm unit {self.per!r} is unknown: expected one of {', '.join(RATE_UNITS)}")
         if not (math.isfinite(self.false_alarms) and self.false_alarms >= 0):
@@ -299,6 +309,18 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
                               "tiling": detector.describe()["tiling"]}
     chosen: list[float] = []
     names: dict[str, float] = {}
+    tiling = detector.tiling.to_dict()
+    if cfg.video is not None:
+        from patchdet.runtime.camera_fit import calibrate_on_video
+
+        fitted = calibrate_on_video(detector, cfg.video, margin=cfg.plate_margin, min_seconds=cfg.min_seconds)
+        fitted.pop("plate")
+        tiling = fitted["tiling"]
+        report["video"] = fitted
+        chosen.append(fitted["threshold"])
+        names["plate"] = fitted["threshold"]
+        log.info("camera %s: plate threshold %.4g, perspective tiling %s", cfg.video, fitted["threshold"],
+                 tiling.get("perspective") or "not fitted")
     if cfg.background is not None:
         report["background"] = background_threshold(detector, cfg)
         chosen.append(report["background"]["threshold"])
@@ -318,7 +340,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if main_key and main_key in thresholds:
         thresholds[main_key] = threshold
     # The card keeps the tiling it was calibrated with: the threshold only holds for it.
-    calibrated = card.replace(threshold=threshold, thresholds=thresholds, tiling=detector.tiling.to_dict())
+    calibrated = card.replace(threshold=threshold, thresholds=thresholds, tiling=tiling)
     output = Path(cfg.output) if cfg.output else Path.cwd() / f"{detector.artifact.stem}.calibrated.card.json"
     write_card(calibrated, output)
     report.update(threshold=threshold, card=str(output))

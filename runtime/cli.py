@@ -95,6 +95,11 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Examples: patchdet calibrate --background empty_street.mp4 --false-alarms 1 --per hour; "
                      "patchdet calibrate --labelled patches/ --target-precision 0.95")
     _add_model_args(parser)
+    cam = parser.add_argument_group("footage of your fixed camera (traffic included, no labels)")
+    cam.add_argument("--video", metavar="SRC", help="video or stream of the camera: its background plate sets the "
+                     "threshold and its moving objects fit a perspective tiling; both go into the card")
+    cam.add_argument("--plate-margin", dest="plate_margin", type=_number, metavar="M",
+                     help="threshold this fraction above the plate's highest tile score (default 0.1)")
     bg = parser.add_argument_group("background footage (no target in it)")
     bg.add_argument("--background", metavar="SRC", help="video, image folder, glob or stream without any target")
     bg.add_argument("--false-alarms", type=_number, metavar="R", help="alarms allowed per --per (default 0: "
@@ -110,7 +115,9 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
     lab.add_argument("--target-precision", type=_number, metavar="P", help="reach at least this precision")
     lab.add_argument("--target-recall", type=_number, metavar="R", help="keep at least this recall")
     out = parser.add_argument_group("outputs")
-    out.add_argument("--output", metavar="JSON", help="calibrated card copy (default: ./<model>.calibrated.card.json)")
+    out.add_argument("--out", "--output", dest="output", metavar="JSON",
+                     help="calibrated card copy (default: ./<model>.calibrated.card.json); use it with "
+                          "patchdet detect --card JSON")
     out.add_argument("--report", metavar="JSON", help="calibration report")
 
 
@@ -118,7 +125,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Build the ``CalibrateConfig`` and run ``calibrate``; prints the report JSON."""
     from patchdet.runtime.calibrate import calibrate, load_calibrate_config
 
-    keys = ("model", "card", "backend", "threads", "tile", "stride", "scales", "dense", "background", "false_alarms",
+    keys = ("model", "card", "backend", "threads", "tile", "stride", "scales", "dense", "video", "plate_margin",
+            "background", "false_alarms",
             "per", "fps", "max_frames", "vid_stride", "labelled", "positive_class", "negative_classes",
             "target_precision", "target_recall", "output", "report")
     cfg = load_calibrate_config(args.config, **{k: getattr(args, k, None) for k in keys})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from patchdet.runtime.tiling import dense_window_boxes, multiscale_grid
+from patchdet.runtime.tiling import dense_window_boxes
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class Tiler:
         key = (int(frame_wh[0]), int(frame_wh[1]))
         grid = self._cache.get(key)
         if grid is None:
-            grid = multiscale_grid(key, self.tiling.tile_wh, self.tiling.stride_wh, self.tiling.scales)
+            grid = self.tiling.grid(key)
             self._cache[key] = grid
         return grid
 

@@ -283,6 +283,45 @@ def dense_coverage_max(
     return out
 
 
+def perspective_grid(frame_wh: Sequence[int], size_at_row: tuple[float, float], stride_fraction: float = 0.5,
+                     min_tile: int = 16) -> np.ndarray:
+    """Square tiles whose side grows with the image row, for a fixed camera looking down a road.
+
+    The side of a tile is ``a + b * y_centre`` frame pixels (``size_at_row = (a, b)``), at least
+    ``min_tile`` and at most the frame's shorter side. Rows are laid from the top with a step of
+    ``stride_fraction`` of the row's tile side, the last row moved inside the frame; within a row tiles
+    step by the same fraction (``tile_grid``), so every pixel is covered.
+
+    Returns:
+        int32 [N, 4] boxes ``xyxy`` in frame pixels, row by row.
+    """
+    w, h = (int(v) for v in frame_wh)
+    a, b = (float(v) for v in size_at_row)
+    if not (math.isfinite(a) and math.isfinite(b)) or not 0 < stride_fraction <= 1:
+        raise ValueError(f"perspective {size_at_row!r} / stride fraction {stride_fraction!r} are invalid: expected "
+                         "finite numbers and a fraction in (0, 1]")
+    largest = min(w, h)
+
+    def side_at(y_top: float) -> int:
+        # t = a + b * (y_top + t / 2)  =>  t = (a + b * y_top) / (1 - b / 2)
+        side = (a + b * y_top) / max(1.0 - b / 2.0, 1e-6)
+        return int(round(min(max(side, min_tile), largest)))
+
+    rows: list[np.ndarray] = []
+    y = 0.0
+    while True:
+        side = side_at(y)
+        y0 = min(int(round(y)), h - side)
+        step = max(1, int(round(side * stride_fraction)))
+        row = tile_grid((w, side), side, step)
+        row[:, [1, 3]] += y0
+        rows.append(row)
+        if y0 + side >= h:
+            break
+        y += step
+    return np.concatenate(rows, axis=0).astype(np.int32)
+
+
 @dataclass(frozen=True)
 class TilingConfig:
     """How frames are cut into patches and how positive patches become boxes.
@@ -296,8 +335,11 @@ class TilingConfig:
             by ``input_wh / tile_wh`` so windows are ``tile_wh`` frame pixels;
             ``stride_wh`` does not apply (windows step by the card's
             ``dense_stride`` in model pixels).
-        merge: ``connected``, ``nms`` or ``none`` (``runtime.detections.merge_boxes``).
+        merge: ``connected``, ``nms``, ``fuse`` or ``none`` (``runtime.detections.merge_boxes``).
         iou_threshold: IoU above which ``nms`` suppresses a box.
+        perspective: ``(a, b)``: tiles of side ``a + b * y`` frame pixels instead of a fixed tile size
+            (``perspective_grid``; fitted to a fixed camera by ``patchdet calibrate --video``); the step is
+            ``stride_wh / tile_wh`` of each row's tile, and ``scales`` multiply the side.
     """
 
     tile_wh: tuple[int, int] = (96, 96)
@@ -306,6 +348,7 @@ class TilingConfig:
     dense: bool = False
     merge: str = "connected"
     iou_threshold: float = 0.3
+    perspective: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile_wh", as_wh(self.tile_wh, "tile size"))
@@ -323,6 +366,21 @@ class TilingConfig:
             raise ValueError(f"merge method {self.merge!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
         if not 0.0 <= float(self.iou_threshold) <= 1.0:
             raise ValueError(f"IoU threshold {self.iou_threshold!r} is invalid: expected a number in [0, 1]")
+        if self.perspective is not None:
+            values = tuple(float(v) for v in self.perspective)
+            if len(values) != 2 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"perspective {self.perspective!r} is invalid: expected two finite numbers (a, b)")
+            if self.dense:
+                raise ValueError("perspective tiling is invalid in dense mode: expected a patch model")
+            object.__setattr__(self, "perspective", values)
+
+    def grid(self, frame_wh: Sequence[int]) -> np.ndarray:
+        """int32 [N, 4] tile boxes of a frame (``multiscale_grid``, or ``perspective_grid`` at every scale)."""
+        if self.perspective is None:
+            return multiscale_grid(frame_wh, self.tile_wh, self.stride_wh, self.scales)
+        a, b = self.perspective
+        fraction = self.stride_wh[0] / self.tile_wh[0]
+        return np.concatenate([perspective_grid(frame_wh, (a / s, b / s), fraction) for s in self.scales])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (lists for tuples), the form model cards and summaries store."""
@@ -358,7 +416,9 @@ def tiling_for_card(card: Any, tile: int | None = None, stride: int | None = Non
         settings["merge"] = merge
     if dense:
         settings["scales"] = tuple(settings.get("scales", (1.0,)))[:1]
-    for key in ("tile_wh", "stride_wh", "scales"):
+    if tile is not None or stride is not None:  # fixed tiles asked for: a fitted perspective no longer applies
+        settings.pop("perspective", None)
+    for key in ("tile_wh", "stride_wh", "scales", "perspective"):
         if isinstance(settings.get(key), list):
             settings[key] = tuple(settings[key])
     return TilingConfig(**settings)
