@@ -42,6 +42,11 @@ DETECTORS: dict[str, tuple[str, str]] = {
         "HOG (YCrCb, 9x8x2) + linear SVM on ../shared/data/vehicles, windows 48-192 px, NMS 0.3, decision > 0",
         f"python -m benchmarks.hog_svm --labels {LABELS} --model-cache /tmp/patchdet_hog_svm.pkl --json {{json}}",
     ),
+    "hog_svm_margin": (
+        "the same HOG + linear SVM keeping only windows outside the SVM margin (decision > 1)",
+        f"python -m benchmarks.hog_svm --labels {LABELS} --model-cache /tmp/patchdet_hog_svm.pkl --threshold 1 "
+        f"--json {{json}}",
+    ),
 }
 COLUMNS = (("ap50", "AP50"), ("recall", "recall"), ("precision", "precision"),
            ("false_alarms_per_frame", "FA/frame"), ("empty_frame_detections", "car-free dets"), ("fps", "fps"))

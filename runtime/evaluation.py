@@ -357,7 +357,7 @@ def score_detector(frames: LabelledFrames, detect_fn: DetectFn, size_buckets_px:
         evaluator = _coco_eval(gt, [d for d in detections if d["image_id"] in set(with_cars)], with_cars)
         point = _operating_point(evaluator, frames, set(image_ids), per_image, size_buckets_px)
         ignored = sum(1 for a in frames.boxes(crowd=True) if a["image_id"] in set(image_ids))
-        return {"ap50": _ap50(evaluator), **point, "frames": len(image_ids), "frames_with_cars": len(with_cars),
+        return {"ap50": _ap50(evaluator) if point["boxes"] else None, **point, "frames": len(image_ids), "frames_with_cars": len(with_cars),
                 "car_free_frames": len(image_ids) - len(with_cars), "ignored_boxes": ignored}
 
     report = metrics_for(frames.image_ids)
