@@ -121,8 +121,9 @@ def collect() -> dict:
         "- discnn8_street's threshold was calibrated on background of the same street camera (frames 740-899) and "
         "on the 4 no_cars photos, which are also car-free images here: its 0 car-free detections are not an "
         "independent measurement.",
-        "- Haar cascade: no car cascade ships in the opencv-python(-headless) wheels (they carry face and body "
-        "cascades only), so there is no Haar row.",
+        "- Haar cascade: skipped. The installed opencv-python-headless wheel's `cv2/data` holds no cascade file, "
+        "and OpenCV's own cascade set (faces, eyes, bodies, plates) has no car cascade; none was found in a pip "
+        "package.",
         "",
         "Regenerate: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.scenes_eval` "
         "(needs `../shared/data/vehicles` for hog_svm and the `[bench]` extra).",
