@@ -82,7 +82,7 @@ class InferenceOnly:
     """``Detector.infer`` on one prepared frame, timed in chunks (before and after the end-to-end run)."""
 
     def __init__(self, cfg, frame) -> None:
-        from patchdet.runtime.run import load_detector
+        from patchdet.runtime.settings import load_detector
 
         self.det = load_detector(cfg)
         self.prepared = self.det.preprocess(frame)

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help). The module defines configure_<name> and run_<name>.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("patchdet.training.cli", "train a patch classifier (DisCNN with N2O loss, POD, softmax)"),
-    "evaluate": ("patchdet.training.cli", "evaluate a checkpoint or an exported artifact on an image folder"),
+    "evaluate": ("patchdet.training.cli", "evaluate a checkpoint or artifact on an image folder, or a detector on "
+                 "labelled frames (--labels, no torch needed)"),
     "graft": ("patchdet.training.cli", "Algorithm 1: graft a DisCNN's frozen conv layers onto a 2-way softmax head"),
     "export": ("patchdet.export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),

@@ -134,3 +134,45 @@ def run_calibrate(args: argparse.Namespace) -> int:
     json.dump(report, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0
+
+
+def add_evaluate_detections_args(parser: argparse.ArgumentParser) -> None:
+    """Options of ``patchdet evaluate MODEL --labels SET.json`` (detection metrics; added to ``evaluate``)."""
+    group = parser.add_argument_group("detection evaluation on labelled frames (--labels; runs without torch)")
+    group.add_argument("--labels", metavar="JSON", help="COCO detection file with a 'car' category: report AP50, "
+                       "recall, precision, false alarms per frame, detections on car-free frames")
+    group.add_argument("--images", metavar="DIR", help="folder the image file names are relative to "
+                       "(default: the JSON's folder)")
+    group.add_argument("--card", metavar="JSON", help="use this model card instead of the artifact's own")
+    group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads")
+    group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels (default: the model input)")
+    group.add_argument("--stride", type=int, metavar="N", help="step between tiles in pixels (default: --tile)")
+    group.add_argument("--scales", metavar="S[,S...]", help="scales to tile the frame at, e.g. 1,0.5")
+    group.add_argument("--threshold", type=_number, metavar="T", help="decision threshold (default: the card's)")
+    group.add_argument("--merge", choices=("connected", "nms", "fuse", "none"),
+                       help="how positive tiles become boxes (default: the card's)")
+    group.add_argument("--dense", action="store_true", default=None, help="score a dense export in one pass")
+
+
+def run_evaluate_detections(args: argparse.Namespace) -> int:
+    """Build the ``DetectionEvalConfig``, evaluate, print a short summary and write ``--json`` atomically."""
+    from patchdet.runtime.atomic import atomic_write_json
+    from patchdet.runtime.config import build_config
+    from patchdet.runtime.evaluation import DetectionEvalConfig, evaluate_detections
+    from patchdet.runtime.settings import DetectorSettings
+
+    keys = ("card", "threads", "tile", "stride", "scales", "threshold", "merge", "dense")
+    detector = build_config(DetectorSettings, None, model=args.model, backend=args.backend,
+                            **{k: getattr(args, k, None) for k in keys})
+    report = evaluate_detections(DetectionEvalConfig(labels=args.labels, images_dir=args.images, detector=detector))
+    if args.json:
+        atomic_write_json(args.json, report)
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"{report['frames']} frames ({report['car_free_frames']} car-free), {report['boxes']} cars: "
+          f"AP50 {fmt(report['ap50'])}, recall {fmt(report['recall'])}, precision {fmt(report['precision'])}, "
+          f"false alarms/frame {fmt(report['false_alarms_per_frame'])}, "
+          f"detections on car-free frames {report['empty_frame_detections']}, {fmt(report['fps'])} fps")
+    return 0

@@ -127,8 +127,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="checkpoint (.pt), run folder, or exported artifact (.onnx, .xml, .engine)")
-    parser.add_argument("--data", required=True, help="ImageFolder tree to evaluate on")
+    from patchdet.runtime.cli import add_evaluate_detections_args
+
+    parser.epilog = ("Patch classification: patchdet evaluate MODEL --data FOLDER. Detection on labelled frames "
+                     "(no torch needed): patchdet evaluate [ARTIFACT] --labels SET.json --json OUT.json")
+    parser.add_argument("model", nargs="?", help="checkpoint (.pt), run folder, or exported artifact (.onnx, .xml, "
+                        ".engine); with --labels an artifact, default: the built-in car model")
+    parser.add_argument("--data", help="ImageFolder tree to evaluate on (patch classification)")
     parser.add_argument("--positive", help="positive class (default: the model's)")
     parser.add_argument("--negative", "--negatives", dest="negative", help="negative classes, comma separated")
     parser.add_argument("--unseen", help="classes never seen in training, comma separated (Table 5)")
@@ -137,9 +142,18 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="runtime backend for exported artifacts")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json", help="write the full report as JSON here")
+    add_evaluate_detections_args(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.labels is not None:  # detection metrics: the runtime alone, before anything imports torch
+        if args.data is not None:
+            raise ValueError("--labels and --data are exclusive: expected a labelled frame set or a patch folder")
+        from patchdet.runtime.cli import run_evaluate_detections
+
+        return run_evaluate_detections(args)
+    if args.model is None or args.data is None:
+        raise ValueError("patch evaluation needs MODEL and --data FOLDER (or --labels SET.json for detection)")
     from patchdet.training.evaluate import EvalConfig, evaluate, format_report
 
     cfg = EvalConfig(
