@@ -35,7 +35,7 @@ _PUBLIC = {
     "Detections": "patchdet.runtime.detections:Detections",
     "ModelCard": "patchdet.runtime.card:ModelCard",
     "read_card": "patchdet.runtime.card:read_card",
-    "TilingConfig": "patchdet.runtime.tiling:TilingConfig",
+    "TilingConfig": "patchdet.runtime.tiling_config:TilingConfig",
     "open_source": "patchdet.runtime.streams:open_source",
     "StreamOptions": "patchdet.runtime.streams:StreamOptions",
     "DetectConfig": "patchdet.runtime.run:DetectConfig",

@@ -70,7 +70,7 @@ class ModelCard:
         export: Export settings (format, precision, opset, calibration).
         parity: Results of the parity check against PyTorch.
         versions: Package versions at export time.
-        tiling: The tiling that suits the model (keys of ``runtime.tiling.TilingConfig``: ``tile_wh``,
+        tiling: The tiling that suits the model (keys of ``runtime.tiling_config.TilingConfig``: ``tile_wh``,
             ``stride_wh``, ``scales``, ``merge``, ``iou_threshold``); ``patchdet detect`` and ``Detector``
             use it unless told otherwise. Empty: tiles of ``input_wh`` without overlap.
     """

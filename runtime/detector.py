@@ -2,7 +2,7 @@
 
 ``Detector(model)`` needs nothing but the exported artifact: the model card
 beside it (or inside it) gives the input size, normalisation, threshold and
-the tiling that suits the model (``runtime.tiling.tiling_for_card``), so the
+the tiling that suits the model (``runtime.tiling_config.tiling_for_card``), so the
 Python API and ``patchdet detect`` run the same settings by default. The
 pieces: ``runtime.preprocess.Tiler`` (frame -> batch), the backend (batch ->
 outputs), ``runtime.decisions`` (outputs -> per-tile decisions) and
@@ -28,7 +28,8 @@ from patchdet.runtime.decisions import decide_tiles, decision_rule
 from patchdet.runtime.detections import Detections, merge_boxes
 from patchdet.runtime.inference import BatchInference
 from patchdet.runtime.preprocess import BufferPool, Prepared, Tiler
-from patchdet.runtime.tiling import TilingConfig, coverage_max, dense_coverage_max, tiling_for_card
+from patchdet.runtime.tiling import coverage_max, dense_coverage_max
+from patchdet.runtime.tiling_config import TilingConfig, tiling_for_card
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Detector:
         model: Model file (``.onnx``, ``.xml``, ``.engine``) with its card; ``None``: the built-in car model.
         backend: ``auto`` or a name from ``runtime.backends.list_backends()``.
         threshold: A number, a card operating point name, or a dict class name -> number; None: the card's.
-        tiling: Tiling and merging; None: the card's own (``runtime.tiling.tiling_for_card``).
+        tiling: Tiling and merging; None: the card's own (``runtime.tiling_config.tiling_for_card``).
         threads: CPU threads for inference (None: the backend's default).
         norm_gate: Latent norm below which a cosine head says background (None: the card's).
         card: A card to use instead of the artifact's own (e.g. a calibrated copy).

@@ -225,7 +225,7 @@ class Tiler:
 
     Args:
         card: The model card (input size, normalisation, dense stride).
-        tiling: A ``runtime.tiling.TilingConfig``.
+        tiling: A ``runtime.tiling_config.TilingConfig``.
         pool: Batch buffers to reuse (``None``: a fresh array per frame).
     """
 

@@ -66,7 +66,7 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
     from patchdet.runtime.builtin import builtin_model
     from patchdet.runtime.card import read_artifact_card, read_card
     from patchdet.runtime.detector import Detector
-    from patchdet.runtime.tiling import tiling_for_card
+    from patchdet.runtime.tiling_config import tiling_for_card
 
     if settings.model is not None:
         model = Path(settings.model).expanduser()

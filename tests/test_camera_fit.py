@@ -14,7 +14,8 @@ from patchdet.runtime.camera_fit import (
     perspective_tiling,
     plate_match_shares,
 )
-from patchdet.runtime.tiling import TilingConfig, perspective_grid, tiling_for_card
+from patchdet.runtime.tiling import perspective_grid
+from patchdet.runtime.tiling_config import TilingConfig, tiling_for_card
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import write_video
 

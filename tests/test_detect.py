@@ -14,7 +14,7 @@ from patchdet.cli import main
 from patchdet.runtime import builtin
 from patchdet.runtime.card import read_card, write_card
 from patchdet.runtime.run import DetectConfig, config_path_for, detect, load_detect_config
-from patchdet.runtime.tiling import tiling_for_card
+from patchdet.runtime.tiling_config import tiling_for_card
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, read_video, square_box, write_video
 
