@@ -112,12 +112,6 @@ def class_thresholds(card: Any, threshold: float | str | Mapping[str, float] | N
                                  f"model card's operating points ({', '.join(named)})") from None
             raise
         per_class = dict.fromkeys(per_class, value)
-    if card.head == "modulus":  # the score is a norm: a negative threshold would mark every patch positive
-        negative = {n: v for n, v in per_class.items() if v < 0}
-        if negative:
-            name, value = next(iter(negative.items()))
-            raise ValueError(f"threshold {value:g} for {name!r} is invalid: a modulus head's score is a norm, "
-                             "expected a number >= 0")
     return np.array([per_class[n] for n in card.class_names], dtype=np.float32)
 
 
