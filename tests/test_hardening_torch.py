@@ -66,6 +66,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc (Linux)")
 def test_export_workers_die_with_a_killed_parent(workspace, tmp_path):
     models = [str(make_checkpoint(tmp_path / f"m{i}.pt", seed=i)) for i in range(4)]
