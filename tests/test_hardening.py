@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from patchdet.runtime.atomic import atomic_write_json, check_replaceable, safe_file_stem
+from patchdet.runtime.atomic import atomic_write_json
 from patchdet.runtime.run import DetectConfig, detect
 from tests.fixtures_onnx import white_square_frame, write_model
 from tests.runtime_media import moving_square_frames, read_video, write_video
@@ -147,6 +147,8 @@ def test_jsonl_to_a_pipe_gets_no_side_file(tmp_path, model, video):
     ("a\\b", "a_b"), ("car", "car"), ("", "unnamed"), ("nul\x00byte", "nul_byte"),
 ])
 def test_safe_file_stem(name, expected):
+    from patchdet.runtime.atomic import safe_file_stem
+
     assert safe_file_stem(name) == expected
 
 
@@ -231,6 +233,8 @@ def test_white_square_fixture_is_detected(tmp_path, model):
 
 
 def test_check_replaceable_accepts_absent_and_regular_files(tmp_path):
+    from patchdet.runtime.atomic import check_replaceable
+
     assert check_replaceable(tmp_path / "new.json") == tmp_path / "new.json"
     (tmp_path / "old.json").write_text("{}")
     assert check_replaceable(tmp_path / "old.json") == tmp_path / "old.json"

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from patchdet.cli import main  # noqa: E402
-from patchdet.export.batch import OutputFolderLock, export  # noqa: E402
+from patchdet.export.batch import export  # noqa: E402
 from patchdet.export.config import ExportConfig  # noqa: E402
 from patchdet.runtime.config import build_config  # noqa: E402
 from patchdet.training.config import TrainConfig  # noqa: E402
@@ -97,6 +97,8 @@ def test_export_workers_die_with_a_killed_parent(workspace, tmp_path):
 
 
 def test_second_export_into_a_busy_folder_is_refused(workspace):
+    from patchdet.export.batch import OutputFolderLock
+
     out = workspace["out"]
     out.mkdir()
     live_staging = out / ".staging-car-onnx-first"  # the first export's work in progress
