@@ -7,7 +7,6 @@ Each loader (detect, calibrate, export, train) either returns its config or rais
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
@@ -97,8 +96,3 @@ def test_bad_config_files_name_the_file_and_key(name, text, named, tmp_path):
         build_config(LOADERS[name], path, **{k: v for k, v in REQUIRED[name].items() if k not in text})
     message = str(info.value)
     assert "bad.yaml" in message and named in message and "\n" not in message
-
-
-def test_flag_values_are_checked_like_file_values():
-    with pytest.raises(ValueError, match="finite"):
-        build_config(DetectConfig, threshold=math.nan)

@@ -139,7 +139,8 @@ class _Evil:
         return (os.system, ("touch pwned",))
 
 
-@pytest.mark.parametrize("case", ["missing", "malicious", "truncated", "too-few-calibration-images"])
+@pytest.mark.parametrize("case", ["missing", "malicious", "truncated", "too-few-calibration-images",
+                                  "corrupt-calibration-images"])
 def test_export_of_bad_input_is_one_line_exit_2(workspace, tmp_path, case, capsys):
     ckpt, extra = workspace["ckpt"], []
     if case == "missing":
@@ -151,6 +152,12 @@ def test_export_of_bad_input_is_one_line_exit_2(workspace, tmp_path, case, capsy
         data = workspace["ckpt"].read_bytes()
         ckpt = tmp_path / "cut.pt"
         ckpt.write_bytes(data[: len(data) // 2])
+    elif case == "corrupt-calibration-images":  # three unreadable files are not "3 usable images"
+        calib = tmp_path / "calib"
+        calib.mkdir()
+        for i in range(3):
+            (calib / f"bad{i}.png").write_bytes(b"not an image")
+        extra = ["--formats", "onnx-int8", "--calib", str(calib)]
     else:
         calib = tmp_path / "calib"
         calib.mkdir()
@@ -162,8 +169,9 @@ def test_export_of_bad_input_is_one_line_exit_2(workspace, tmp_path, case, capsy
     line = _one_line_exit_2(["export", str(ckpt), "--out", str(tmp_path / "out"), "--eval",
                              str(workspace["eval"]), *extra], capsys)
     expected = {"missing": "does not exist", "malicious": "cannot be read", "truncated": "cannot be read",
-                "too-few-calibration-images": "1 readable image"}[case]
-    assert expected in line
+                "too-few-calibration-images": "1 readable image",
+                "corrupt-calibration-images": "3 image file(s)"}[case]
+    assert expected in line and "usable" not in line
     assert not (tmp_path / "pwned").exists()
 
 
