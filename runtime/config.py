@@ -86,13 +86,12 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 def _coerce_number(name: str, value: Any, annotation: type) -> int | float:
     """A finite int/float from a number or numeric string; bools, lists, NaN and infinities are refused."""
-    kind = "an integer" if annotation is int else "a number"
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"config key {name!r} expects {kind}, got {value!r}")
+        raise ValueError(f"config key {name!r} expects a number, got {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"config key {name!r} expects {kind}, got {value!r}") from None
+        raise ValueError(f"config key {name!r} expects a number, got {value!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"config key {name!r} expects a finite number, got {value!r}")
     if annotation is float:
@@ -153,7 +152,8 @@ def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, 
     unknown = sorted(set(values) - fields)
     if unknown:
         where = f" in {yaml_path}" if yaml_path is not None else ""
-        raise ValueError(f"unknown config key(s) {', '.join(map(str, unknown))}{where} for {cls.__name__}: "
+        shown = [k if k.isprintable() and k and k.strip() == k else repr(k) for k in unknown]  # one line, visible
+        raise ValueError(f"unknown config key(s) {', '.join(shown)}{where} for {cls.__name__}: "
                          f"expected some of {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in values.items():

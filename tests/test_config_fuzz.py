@@ -79,7 +79,7 @@ def test_arbitrary_text_is_a_one_line_error_or_a_config(name, text, tmp_path):
     ("DetectConfig", "tile: .inf\n", "'tile'"),
     ("DetectConfig", "threshold: .nan\n", "threshold"),
     ("DetectConfig", "source: [1]\n", "'source'"),
-    ("DetectConfig", "tile: true\n", "'tile'"),
+    ("DetectConfig", "tile: true\n", "'tile' expects a number"),
     ("CalibrateConfig", "false_alarms: .inf\nbackground: x\n", "'false_alarms'"),
     ("ExportConfig", "models: [a.pt]\ncalibration: [1, 2]\n", "'calibration'"),
     ("ExportConfig", "models: [a.pt]\nworkers: many\n", "'workers'"),
