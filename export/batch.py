@@ -186,7 +186,7 @@ def run_jobs(jobs: list[ExportJob], workers: int, on_done: Callable[[dict], None
         return [entries[i] for i in range(len(jobs))]
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=exit_on_sigterm,
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=init_worker, initargs=(os.getpid(),),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(export_job, job): i for i, job in enumerate(jobs)}
         try:
@@ -215,6 +215,71 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def init_worker(parent_pid: int) -> None:
+    """A worker ends with its parent: killed with -9, a parent cannot stop its workers itself.
+
+    On Linux the kernel sends SIGTERM when the parent dies (``PR_SET_PDEATHSIG``); elsewhere, and as a
+    backstop, a thread sees the worker re-parented. SIGTERM ends the job as Ctrl-C does (staging removed).
+    """
+    import signal
+    import threading
+
+    exit_on_sigterm()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(143)
+
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10.0)  # SIGTERM waits for the Python code in flight; then stop regardless
+        os._exit(143)
+
+    threading.Thread(target=watch_parent, name="patchdet-parent-watch", daemon=True).start()
+
+
+class OutputFolderLock:
+    """An exclusive lock on an export's output folder (``.export.lock`` holding the holder's pid).
+
+    A second export into the same folder would remove the first's live staging folders as stale and
+    replace its manifest; it is refused instead. The kernel drops the lock when its holder dies.
+    """
+
+    NAME = ".export.lock"
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputFolderLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"output folder {self.path.parent} is in use by another export (pid {holder}): "
+                             "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the lock; the file stays (removing it would race a waiting run)
+
+
 def _crashed_entry(job: ExportJob, reason: str) -> dict[str, Any]:
     return {"model": job.model, "name": job.base_name, "format": job.format, "path": None, "status": "failed",
             "reason": reason[:300], "size_bytes": 0, "seconds": 0.0, "parity": {}, "input_hash": job.input_hash}
@@ -229,6 +294,11 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     out_dir = Path(cfg.out_dir)
     jobs = plan_jobs(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputFolderLock(out_dir):
+        return _export_locked(cfg, out_dir, jobs)
+
+
+def _export_locked(cfg: ExportConfig, out_dir: Path, jobs: list[ExportJob]) -> list[dict[str, Any]]:
     clean_stale_staging(out_dir)
     atomic_write_json(out_dir / CONFIG_JSON, cfg.as_dict())
     start = time.perf_counter()

@@ -73,7 +73,9 @@ def run_export(args: argparse.Namespace) -> int:
     counts = {s: sum(e["status"] == s for e in entries) for s in ("ok", "skipped", "failed")}
     log.info("%d ok, %d skipped, %d failed; manifest: %s/%s", counts["ok"], counts["skipped"], counts["failed"],
              cfg.out_dir, MANIFEST_JSON)
-    for entry in entries:
-        if entry["status"] == "failed":
-            log.error("%s %s failed: %s", entry["name"], entry["format"], entry["reason"])
-    return 1 if counts["failed"] else 0
+    failed = [e for e in entries if e["status"] == "failed"]
+    for entry in failed:
+        log.error("%s %s failed: %s", entry["name"], entry["format"], entry["reason"])
+    if failed and all(e.get("cause") == "input" for e in failed):  # the user's input, not the exporter
+        raise ValueError(f"{failed[0]['name']} {failed[0]['format']}: {failed[0]['reason']}")
+    return 1 if failed else 0

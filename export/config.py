@@ -125,7 +125,7 @@ class ExportConfig:
         from patchdet.export.formats import FORMATS  # local: formats imports nothing heavy either
 
         if not self.models:
-            raise ValueError("no model given: expected one or more checkpoints or run folders")
+            raise ValueError(f"no model given (models: {self.models!r}): expected one or more checkpoints or run folders")
         if not self.formats:
             raise ValueError(f"no format given: expected one or more of {', '.join(FORMATS)}")
         unknown = [f for f in self.formats if f not in FORMATS]

@@ -94,7 +94,7 @@ def load_calibration(root: str | Path, ckpt: CheckpointInfo, num_images: int, mi
     chosen = [paths[i] for i in index]
     if len(chosen) < min_images:
         raise ValueError(
-            f"calibration folder {root} has {len(chosen)} usable image(s): INT8 needs at least {min_images} "
+            f"calibration folder {root} has {len(chosen)} image file(s): INT8 needs at least {min_images} "
             f"({num_images} recommended) real patches"
         )
     loaded = load_images(chosen, np.zeros(len(chosen), dtype=np.int64), (size, size))

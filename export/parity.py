@@ -21,6 +21,7 @@ F1 (accuracy) within ``int8_max_f1_drop`` of torch.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,23 @@ def compare_outputs(ref: dict[str, np.ndarray], art: dict[str, np.ndarray], card
         result["threshold_for_fp32_operating_point"] = matched
         result["threshold_shift"] = matched - card.threshold
         result["f1_artifact_at_matched_threshold"] = _f1(art_pos, is_positive, matched)
-    result["failures"] = _failures(result, precision, cfg)
+    result["failures"] = _non_finite(ref_score, art_score, card.threshold) + _failures(result, precision, cfg)
     result["passed"] = not result["failures"]
     return result
+
+
+def _non_finite(ref_score: np.ndarray, art_score: np.ndarray, threshold: float) -> list[str]:
+    """NaN compares as neither larger nor smaller than a tolerance: check for it explicitly."""
+    failures = []
+    if not np.isfinite(ref_score).all():
+        failures.append(f"torch scores are not finite ({int((~np.isfinite(ref_score)).sum())} of {ref_score.size}): "
+                        "the checkpoint holds NaN or infinite weights")
+    if not np.isfinite(art_score).all():
+        failures.append(f"artifact scores are not finite ({int((~np.isfinite(art_score)).sum())} of "
+                        f"{art_score.size})")
+    if not math.isfinite(threshold):
+        failures.append(f"threshold {threshold} is not finite")
+    return failures
 
 
 def _failures(result: dict[str, Any], precision: str, cfg: ParityConfig) -> list[str]:

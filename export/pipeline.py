@@ -204,6 +204,9 @@ def export_job(job: ExportJob) -> dict[str, Any]:
     except Exception as exc:
         log.debug("export of %s to %s failed", job.model, job.format, exc_info=True)
         entry["status"], entry["reason"] = "failed", _one_line(exc)
+        # A bad checkpoint or calibration folder is the user's input (exit 2), not a failed export (exit 1).
+        if isinstance(exc, ValueError | OSError):
+            entry["cause"] = "input"
     finally:
         for path in staging:  # whatever happened, nothing half-built stays behind
             remove_tree(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -62,20 +63,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as exc:
-        print(f"patchdet {command}: missing dependency {exc.name!r}; {_extra_hint(command)}", file=sys.stderr)
+        print(_missing_dependency_line(command, exc), file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     _setup_logging(args.verbose, args.quiet)
+    stop_on_termination_signals()
     try:
         return int(getattr(_command_module(args.command), f"run_{args.command}")(args) or 0)
     except KeyboardInterrupt:
         print(f"patchdet {args.command}: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
-        print(f"patchdet {args.command}: missing dependency {exc.name!r}; {_extra_hint(args.command)}", file=sys.stderr)
+        print(_missing_dependency_line(args.command, exc), file=sys.stderr)
         return 2
     except (ValueError, OSError, CliError) as exc:
         if args.verbose:
@@ -85,6 +87,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _extra_hint(command: str | None) -> str:
-    extra = {"train": "train", "evaluate": "train", "graft": "train", "export": "export"}.get(command or "", "")
+def stop_on_termination_signals() -> None:
+    """SIGTERM (``docker stop``, systemd) and SIGHUP end a run the way Ctrl-C does: outputs closed, summary written.
+
+    A signal the parent set to be ignored (``nohup``) stays ignored.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, interrupt)
+
+
+# Top-level module -> the extra that installs it (modules of the default install are not listed).
+_EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "matplotlib": "train", "tqdm": "train",
+                    "onnx": "export", "onnxslim": "export", "openvino": "openvino", "nncf": "openvino",
+                    "tensorrt": "tensorrt", "cuda": "tensorrt"}
+
+
+def _missing_dependency_line(command: str | None, exc: ModuleNotFoundError) -> str:
+    """One line naming the missing package and the extra that installs it."""
+    if exc.name is None:  # raised with a message of its own (a backend names its package and extra)
+        return f"patchdet {command}: error: {str(exc).strip().splitlines()[0]}"
+    return f"patchdet {command}: missing dependency {exc.name!r}; {_extra_hint(command, exc.name)}"
+
+
+def _extra_hint(command: str | None, module: str | None = None) -> str:
+    extra = _EXTRA_OF_MODULE.get((module or "").split(".")[0])
+    if extra is None:
+        extra = {"train": "train", "evaluate": "train", "graft": "train", "export": "export"}.get(command or "")
     return f"install it with: pip install 'patchdet[{extra}]'" if extra else "install the missing package"

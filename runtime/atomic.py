@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +26,38 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is absent or a regular file; an ``OSError`` for a device, symlink, folder or pipe.
+
+    Renaming a finished temporary file over the final name is right for regular files only: over
+    ``/dev/...`` it would replace the device node, over a symlink the link instead of its target.
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if stat.S_ISREG(mode):
+        return path
+    kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a pipe or socket")
+    raise OSError(f"refusing to write {path}: it is {kind}, not a regular file")
+
+
+def safe_file_stem(text: str, fallback: str = "unnamed") -> str:
+    """A name from a card, manifest or source made safe as one path component (no separators, no ``..``)."""
+    cleaned = re.sub(r"[^\w.+-]+", "_", str(text), flags=re.ASCII).strip("._")
+    return cleaned[:64] or fallback
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` (mode per umask, not 0600)."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (mode per umask, not 0600).
+
+    Raises:
+        OSError: ``path`` exists and is not a regular file (see ``check_replaceable``).
+    """
+    path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -35,6 +65,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _default_mode())
+        check_replaceable(path)  # it may have appeared while the data was written
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

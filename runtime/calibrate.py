@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from patchdet.runtime import metrics
+from patchdet.runtime.atomic import check_replaceable
 from patchdet.runtime.decisions import is_positive
 from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
 from patchdet.runtime.streams import StreamOptions, open_source
@@ -302,6 +303,10 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         and ``background`` / ``labelled`` details.
     """
     from patchdet.runtime.card import write_card
+
+    for output in (cfg.output, cfg.report):  # replaced by rename at the end: refuse a device before the work
+        if output:
+            check_replaceable(output)
     detector = load_detector(cfg)
     previous = detector.threshold
     detector.with_threshold(_CANDIDATE_THRESHOLD)

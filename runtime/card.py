@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +104,12 @@ class ModelCard:
     def __post_init__(self) -> None:
         if self.head not in HEAD_KINDS:
             raise ModelCardError(f"model card head {self.head!r} is unknown: expected one of {', '.join(HEAD_KINDS)}")
-        if len(self.input_wh) != 2 or min(self.input_wh) <= 0:
+        if not _numbers(self.input_wh, 2, integers=True) or min(self.input_wh) <= 0:
             raise ModelCardError(f"model card input_wh {self.input_wh!r} is invalid: expected two positive integers")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ModelCardError(f"model card mean/std {self.mean!r}/{self.std!r} invalid: expected 3 values, std > 0")
+        if not _numbers(self.mean, 3):
+            raise ModelCardError(f"model card mean {self.mean!r} is invalid: expected 3 finite numbers")
+        if not _numbers(self.std, 3) or min(self.std) <= 0:
+            raise ModelCardError(f"model card std {self.std!r} is invalid: expected 3 positive numbers")
         if not self.class_names:
             raise ModelCardError("model card has no class_names")
         if self.head == "modulus" and self.positive_class is None:
@@ -143,12 +147,17 @@ class ModelCard:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ModelCardError(f"model card is missing required fields: {', '.join(missing)}")
-        for key in ("input_wh", "mean", "std", "class_names", "outputs"):
-            if key in kwargs and kwargs[key] is not None:
-                kwargs[key] = tuple(kwargs[key])
-        if kwargs.get("centroids") is not None:
-            kwargs["centroids"] = tuple(tuple(float(v) for v in row) for row in kwargs["centroids"])
-        return cls(**kwargs)
+        try:
+            for key in ("input_wh", "mean", "std", "class_names", "outputs"):
+                if isinstance(kwargs.get(key), list | tuple):
+                    kwargs[key] = tuple(kwargs[key])
+            if kwargs.get("centroids") is not None:
+                kwargs["centroids"] = tuple(tuple(float(v) for v in row) for row in kwargs["centroids"])
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ModelCardError):
+                raise
+            raise ModelCardError(f"model card is invalid: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
@@ -162,6 +171,13 @@ class ModelCard:
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)
+
+
+def _numbers(value: Any, count: int, integers: bool = False) -> bool:
+    """True for a sequence of ``count`` finite numbers (integers when asked; bools are not numbers)."""
+    kind = numbers.Integral if integers else numbers.Real
+    return isinstance(value, tuple | list) and len(value) == count and all(
+        isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) for v in value)
 
 
 def card_path_for(artifact: str | os.PathLike[str]) -> Path:

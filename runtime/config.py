@@ -9,6 +9,7 @@ nothing a user typed is rewritten silently.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -43,9 +44,20 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
-        return build_config(annotation, **value)
+        _check_keys(value, f"config key {name!r}")
+        try:
+            return build_config(annotation, **value)
+        except ValueError as exc:
+            raise ValueError(f"config key {name!r}: {exc}") from None
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        elif len(args) == 2 and args[1] is Ellipsis and not isinstance(value, dict):
+            items = [value]  # a lone scalar is a one-item list
+        else:
+            raise ValueError(f"config key {name!r} expects a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(name, v, args[0]) for v in items)
         if len(items) != len(args):
@@ -54,6 +66,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
+        _check_keys(value, f"config key {name!r}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
@@ -62,16 +75,41 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         raise ValueError(f"config key {name!r} expects true/false, got {value!r}")
     if annotation in (int, float):
-        try:
-            number = annotation(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config key {name!r} expects a number, got {value!r}") from None
-        if annotation is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"config key {name!r} expects an integer, got {value!r}")
-        return number
+        return _coerce_number(name, value, annotation)
     if annotation is str:
+        # Numbers are fine as names (a class called 7); lists and mappings are not.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"config key {name!r} expects a string, got {value!r}")
         return str(value)
     return value
+
+
+def _coerce_number(name: str, value: Any, annotation: type) -> int | float:
+    """A finite int/float from a number or numeric string; bools, lists, NaN and infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"config key {name!r} expects a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"config key {name!r} expects a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"config key {name!r} expects a finite number, got {value!r}")
+    if annotation is float:
+        return number
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if not number.is_integer():
+        raise ValueError(f"config key {name!r} expects an integer, got {value!r}")
+    return int(value) if isinstance(value, int) else int(number)
+
+
+def _check_keys(mapping: dict, where: str) -> None:
+    bad = [key for key in mapping if not isinstance(key, str)]
+    if bad:
+        raise ValueError(f"{where} has key {bad[0]!r}: expected setting names (strings)")
 
 
 def load_yaml_mapping(yaml_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -79,9 +117,18 @@ def load_yaml_mapping(yaml_path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(yaml_path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not UTF-8 text") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    _check_keys(loaded, f"config file {path}")
     return loaded
 
 
@@ -92,21 +139,32 @@ def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, 
     file's block, so a flag changes one knob without dropping the file's others.
     """
     values: dict[str, Any] = load_yaml_mapping(yaml_path) if yaml_path is not None else {}
+    from_file = set(values)
     for key, value in overrides.items():
         if value is None:
             continue
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             value = {**values[key], **value}
         values[key] = value
+        from_file.discard(key)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
         where = f" in {yaml_path}" if yaml_path is not None else ""
-        raise ValueError(f"unknown config key(s) {', '.join(map(str, unknown))}{where} for {cls.__name__}: "
+        shown = [k if k.isprintable() and k and k.strip() == k else repr(k) for k in unknown]  # one line, visible
+        raise ValueError(f"unknown config key(s) {', '.join(shown)}{where} for {cls.__name__}: "
                          f"expected some of {', '.join(sorted(fields))}")
-    kwargs = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for name, value in values.items():
+        try:
+            kwargs[name] = _coerce(name, value, hints[name])
+        except ValueError as exc:
+            raise ValueError(f"config file {yaml_path}: {exc}" if name in from_file else str(exc)) from None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a check meeting a type it did not expect: still the user's settings
+        raise ValueError(f"invalid {cls.__name__} settings: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

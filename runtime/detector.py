@@ -116,6 +116,7 @@ class Detector:
         self.tiler = Tiler(card, self.tiling, self.pool)
         self.backend = load_backend(self.artifact, backend, threads, **dict(backend_options or {}))
         self.backend_name: str = self.backend.name
+        check_card_matches_model(card, getattr(self.backend, "input_shape", None), self.artifact)
         self.inference = BatchInference(self.backend, max_batch, self.pool)
         if self.dense:
             logger.info("dense mode: windows of %s px every %.1f frame px", self.tiling.tile_wh,
@@ -245,3 +246,19 @@ class Detector:
             "tiling": self.tiling.to_dict(),
             "dense": self.dense,
         }
+
+
+def check_card_matches_model(card: ModelCard, input_shape: tuple[int | None, ...] | None, artifact: Path) -> None:
+    """A ``ValueError`` naming the card field that disagrees with the model's input ``[N, C, H, W]``.
+
+    A card from another export (``--card``) would otherwise fail deep inside the engine, or silently
+    score patches resized to the wrong size. Dynamic axes (``None``) and dense models are not checked.
+    """
+    if input_shape is None or len(input_shape) != 4 or card.dense:
+        return
+    channels, height, width = input_shape[1:]
+    if channels is not None and channels != len(card.mean):
+        raise ValueError(f"model card mean/std give {len(card.mean)} channels but {artifact.name} takes {channels}")
+    if height is not None and width is not None and (width, height) != tuple(card.input_wh):
+        raise ValueError(f"model card input_wh {card.input_wh[0]}x{card.input_wh[1]} does not match the model "
+                         f"{artifact.name}, which takes {width}x{height} patches: use the card exported with it")

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -76,6 +77,34 @@ def lower_thread_priority(nice: int) -> bool:
         log.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
         return False
     return True
+
+
+@contextlib.contextmanager
+def stop_requested_by_signals(requested: threading.Event) -> Iterator[None]:
+    """While inside, SIGINT (and SIGTERM / SIGHUP when a Python handler is installed for them, as the CLI does)
+    set ``requested`` instead of raising, so the loop stops between frames and no lock is left half-taken.
+
+    A second signal raises ``KeyboardInterrupt`` as before (for a run stuck on the way out). Signals left
+    at their defaults, or ignored, are not touched; off the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and callable(signal.getsignal(signum)):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
@@ -202,43 +231,47 @@ class Pipeline:
 
     # -- main ------------------------------------------------------------------
     def run(self) -> bool:
-        """Run to the end; True when interrupted by Ctrl-C."""
+        """Run to the end; True when interrupted by Ctrl-C (or SIGTERM / SIGHUP where the CLI handles them)."""
         reader = threading.Thread(target=self._read, name="patchdet-reader", daemon=True)
         writer = threading.Thread(target=self._write, name="patchdet-writer", daemon=True)
         interrupted = False
         failure: BaseException | None = None
+        requested = threading.Event()
         self.stats.start()
         reader.start()
         writer.start()
         try:
-            while True:
-                try:
-                    item = self.q_in.get(timeout=0.2)
-                except queue.Empty:
-                    if self.writer_error is not None:
+            with stop_requested_by_signals(requested):
+                while True:
+                    if requested.is_set():
+                        raise KeyboardInterrupt
+                    try:
+                        item = self.q_in.get(timeout=0.2)
+                    except queue.Empty:
+                        if self.writer_error is not None:
+                            break
+                        continue
+                    if item is _END:
                         break
-                    continue
-                if item is _END:
-                    break
-                if isinstance(item, _Failure):
-                    failure = item.error
-                    break
-                frame, prepared, tile_ms = item
-                if self.warmup:
-                    self.warmup = False
-                    self.warmup_ms = self.detector.warmup(batch=prepared.batch)
-                    log.debug("warm-up: %.0f ms", self.warmup_ms)
-                self.stats.inference_started()
-                start = time.perf_counter()
-                outputs = self.detector.infer(prepared.batch)
-                infer_ms = (time.perf_counter() - start) * 1000.0
-                latency = {"decode": frame.decode_ms, "tile": tile_ms, "infer": infer_ms}
-                if self.writer_error is not None or not _put(self.q_out, (frame, prepared, outputs, latency),
-                                                             self.stop, writer):
-                    break
-                if self.sinks.stop_requested:
-                    self.stopped_by = "window closed"
-                    break
+                    if isinstance(item, _Failure):
+                        failure = item.error
+                        break
+                    frame, prepared, tile_ms = item
+                    if self.warmup:
+                        self.warmup = False
+                        self.warmup_ms = self.detector.warmup(batch=prepared.batch)
+                        log.debug("warm-up: %.0f ms", self.warmup_ms)
+                    self.stats.inference_started()
+                    start = time.perf_counter()
+                    outputs = self.detector.infer(prepared.batch)
+                    infer_ms = (time.perf_counter() - start) * 1000.0
+                    latency = {"decode": frame.decode_ms, "tile": tile_ms, "infer": infer_ms}
+                    if self.writer_error is not None or not _put(self.q_out, (frame, prepared, outputs, latency),
+                                                                 self.stop, writer):
+                        break
+                    if self.sinks.stop_requested:
+                        self.stopped_by = "window closed"
+                        break
         except KeyboardInterrupt:
             interrupted = True
             self.stopped_by = "interrupted"

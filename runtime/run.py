@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchdet.runtime.atomic import atomic_write_json
+from patchdet.runtime.atomic import atomic_write_json, check_replaceable
 from patchdet.runtime.builtin import builtin_clip
 from patchdet.runtime.loop import IO_NICE, Pipeline, opencv_threads
 from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
@@ -76,14 +79,15 @@ class DetectConfig(DetectorSettings):
             raise ValueError(f"vid-stride {self.vid_stride!r} is invalid: expected an integer >= 1")
         if isinstance(self.io_nice, bool) or not isinstance(self.io_nice, int) or not 0 <= self.io_nice <= 19:
             raise ValueError(f"io-nice {self.io_nice!r} is invalid: expected an integer from 0 to 19")
-        if self.queue_size < 1:
+        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 1:
             raise ValueError(f"queue_size {self.queue_size!r} is invalid: expected an integer >= 1")
         if self.max_fps is not None and not (isinstance(self.max_fps, (int, float)) and self.max_fps > 0):
             raise ValueError(f"max-fps {self.max_fps!r} is invalid: expected a positive number")
         if self.save_video is not None:
             check_video_path(self.save_video)
-        if self.log_every_s < 0:
-            raise ValueError(f"log_every_s {self.log_every_s!r} is invalid: expected >= 0")
+        if isinstance(self.log_every_s, bool) or not isinstance(self.log_every_s, (int, float)) or \
+                not math.isfinite(self.log_every_s) or self.log_every_s < 0:
+            raise ValueError(f"log_every_s {self.log_every_s!r} is invalid: expected a number >= 0 (0: never)")
 
 
 def load_detect_config(yaml_path: str | Path | None = None, **overrides: Any) -> DetectConfig:
@@ -96,12 +100,19 @@ def load_detect_config(yaml_path: str | Path | None = None, **overrides: Any) ->
 def config_path_for(cfg: DetectConfig) -> Path | None:
     """Where the resolved config goes: beside the first output (summary, JSON Lines, video, crops)."""
     for value in (cfg.summary, cfg.jsonl, cfg.save_video):
-        if value:
+        if value and not _is_special_file(Path(value)):  # never a side file beside /dev/stdout or a device
             path = Path(value)
             return path.with_name(path.stem + ".config.yaml")
     if cfg.crops:
         return Path(cfg.crops) / "detect.config.yaml"
     return None
+
+
+def _is_special_file(path: Path) -> bool:
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def build_sinks(cfg: DetectConfig, class_names: tuple[str, ...], fps: float | None, threshold: float = 0.0) -> SinkSet:
@@ -143,6 +154,9 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
     elif settings:
         cfg = dataclasses.replace(cfg, **settings)
     source_text = str(builtin_clip()) if cfg.source is None else cfg.source
+    for output in (cfg.summary, cfg.save_video):  # replaced by rename at the end: refuse before the run
+        if output:
+            check_replaceable(output)
     detector = load_detector(cfg)
     options = StreamOptions(vid_stride=cfg.vid_stride, max_fps=cfg.max_fps, drop_frames=cfg.drop_frames,
                             reconnect_timeout_s=cfg.reconnect_timeout_s)

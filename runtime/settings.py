@@ -75,6 +75,10 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
     else:
         model = builtin_model(settings.dense)
     card = read_artifact_card(model) if settings.card is None else read_card(settings.card)
+    if card.head == "modulus" and isinstance(settings.threshold, int | float) and settings.threshold < 0:
+        # the score is a norm: a negative threshold marks every patch (one whole-frame box), silently
+        raise ValueError(f"threshold {settings.threshold:g} is invalid for {card.name!r}: a modulus head's score "
+                         "is a norm, expected a number >= 0")
     tiling = tiling_for_card(card, settings.tile, settings.stride, settings.scales, settings.dense or card.dense,
                              settings.merge)
     options = dict(detector_options.pop("backend_options", None) or {})

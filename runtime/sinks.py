@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
+from patchdet.runtime.atomic import check_replaceable, safe_file_stem
+
 if TYPE_CHECKING:  # the sinks only read a FrameResult's fields
     from patchdet.runtime.detector import FrameResult
 
@@ -149,7 +151,8 @@ class VideoSink:
     wants_annotated = True
 
     def __init__(self, path: str | os.PathLike[str], fps: float | None = None) -> None:
-        self.path = check_video_path(path)
+        self.path = check_replaceable(check_video_path(path))
+        check_replaceable(partial_path(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(self.path.parent, os.W_OK):
             raise OSError(f"cannot write video {self.path}: folder {self.path.parent} is not writable")
@@ -190,7 +193,7 @@ class VideoSink:
             log.info("no frame was written: no video at %s", self.path)
             return
         writer.release()
-        os.replace(self._tmp, self.path)
+        os.replace(self._tmp, check_replaceable(self.path))
         log.info("wrote %d frames to %s", self.frames, self.path)
 
 
@@ -200,7 +203,7 @@ class JsonlSink:
     wants_annotated = False
 
     def __init__(self, path: str | os.PathLike[str], class_names: tuple[str, ...] | list[str] = ()) -> None:
-        self.path = Path(path)
+        self.path = Path(path)  # opened, not renamed over: /dev/stdout or a named pipe are fine destinations
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.class_names = tuple(class_names)
         self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -246,7 +249,7 @@ class CropSink:
             if x1 <= x0 or y1 <= y0:
                 continue
             cid = int(class_id)
-            name = self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid)
+            name = safe_file_stem(self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid))
             out = self.folder / f"f{record.frame.index:06d}_{k:02d}_{name}_{float(score):.2f}.jpg"
             if cv2.imwrite(str(out), image[y0:y1, x0:x1]):
                 self.saved += 1

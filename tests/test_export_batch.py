@@ -106,7 +106,7 @@ def test_tensorrt_engine(workspace):
 def test_missing_checkpoint_fails_its_entries_but_not_the_others(workspace, tmp_path, caplog):
     argv = ["export", str(tmp_path / "nope.pt"), str(workspace["ckpt"]), "--formats", "onnx",
             "--out", str(workspace["out"]), "--eval", str(workspace["eval"])]
-    assert main(argv) == 1
+    assert main(argv) == 2  # the user's input (issue 12): the other model is still exported, the manifest written
     entries = _manifest(workspace["out"])
     assert [e["status"] for e in entries] == ["failed", "ok"]
     assert "nope.pt does not exist" in entries[0]["reason"]
@@ -153,7 +153,7 @@ def test_too_few_calibration_images_are_refused(workspace, tmp_path):
                        calib_dir=str(few))
     entry = export(cfg)[0]
     assert entry["status"] == "failed"
-    assert "has 9 usable image(s): INT8 needs at least 32" in entry["reason"]
+    assert "has 9 image file(s): INT8 needs at least 32" in entry["reason"]
 
 
 def test_calibration_images_of_another_size_are_resized_and_recorded(workspace, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,5 +83,9 @@ class TrainConfig:
             raise ValueError(f"amp {self.amp!r} is unknown: expected auto, off, bf16 or fp16")
         if self.positive is not None and self.positive in self.negatives:
             raise ValueError(f"class {self.positive!r} is both the positive and a negative class")
+        if self.max_per_class is not None and self.max_per_class < 1:  # 0 must not read as "unlimited"
+            raise ValueError(f"max_per_class {self.max_per_class} is invalid: expected >= 1 (leave it out for all)")
+        if not math.isfinite(self.threshold) or (self.loss.startswith("n2o") and self.threshold < 0):
+            raise ValueError(f"threshold {self.threshold} is invalid: expected a finite number (>= 0 for n2o)")
         if self.input_size <= 0:
             raise ValueError(f"input size {self.input_size} is invalid: expected a positive integer")

@@ -17,6 +17,7 @@ Report layout (also written as JSON by ``patchdet evaluate --json``)::
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,12 @@ class EvalConfig:
     thresholds: tuple[float, ...] = (0.0, 1.0, 2.0)
     backend: str = "auto"
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or not all(math.isfinite(t) for t in self.thresholds):
+            raise ValueError(f"thresholds {','.join(map(str, self.thresholds))} are invalid: expected finite numbers")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size {self.batch_size} is invalid: expected a positive integer")
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:

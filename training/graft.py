@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,16 @@ class GraftConfig:
     heldout_fraction: float = 0.2
     converge_ratio: float = 0.5
     converge_accuracy: float = 0.75
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != 2 or self.classes[0] == self.classes[1]:
+            raise ValueError(f"classes {','.join(self.classes)} are invalid: expected two different classes")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs {self.epochs} and batch size {self.batch_size} must be positive")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate {self.lr} is invalid: expected a number > 0")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"max-per-class {self.max_per_class} is invalid: expected >= 1 (leave it out for all)")
 
 
 class GraftedDisCNN(nn.Module):

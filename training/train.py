@@ -358,6 +358,10 @@ def _checkpoint_payload(cfg, task, model, loss_fn, optimizer, scheduler, scaler,
 
 
 def _check_resume_compatible(state: dict[str, Any], cfg: TrainConfig) -> None:
+    missing = [key for key in ("optimizer", "epoch", "rng", "config") if key not in state]
+    if missing:  # e.g. a best.pt copied over last.pt: weights only, no training state
+        raise ValueError(f"cannot resume from {state.get('path', 'last.pt')}: it holds no {', '.join(missing)} "
+                         "state (a weights-only checkpoint); start a new run or point --out elsewhere")
     previous = state.get("config", {})
     for key in ("arch", "input_size", "loss", "positive", "negatives", "classes", "data"):
         old, new = previous.get(key), config_to_dict(cfg).get(key)

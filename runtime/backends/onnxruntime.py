@@ -75,6 +75,8 @@ class OnnxRuntimeBackend:
             raise BackendError(f"onnxruntime cannot load model {str(path)!r}: {_first_line(exc)}") from None
         self.providers = tuple(self.session.get_providers())
         self.input_name = self.session.get_inputs()[0].name
+        # [N, C, H, W] with None for a dynamic axis: checked against the model card by the detector
+        self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in self.session.get_inputs()[0].shape)
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.threads = threads
         logger.debug("onnxruntime providers %s, threads %s", self.providers, threads)

@@ -65,6 +65,8 @@ class OpenVinoBackend:
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"OpenVINO cannot load model {str(path)!r}: {_first_line(exc)}") from None
         self.input_name = self.compiled.inputs[0].get_any_name()
+        self.input_shape = tuple(d.get_length() if d.is_static else None
+                                 for d in self.compiled.inputs[0].get_partial_shape())
         self.output_names = tuple(_port_name(port, i) for i, port in enumerate(self.compiled.outputs))
         self.hint = hint
         self.precision = precision

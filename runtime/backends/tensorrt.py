@@ -147,6 +147,7 @@ class TensorRtBackend:
         if profile != 0:  # profile 0 is active by default
             self.context.set_optimization_profile_async(profile, self.cuda.stream_handle)
         shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        self.input_shape = tuple(int(d) if d > 0 else None for d in shape)
         if shape[0] == -1:  # dynamic batch: the profile's max batch bounds one call
             self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, profile)[2][0])
         else:
