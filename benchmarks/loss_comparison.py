@@ -106,6 +106,7 @@ def run_one(base: TrainConfig, task: str, spec: str, seed: int, runs: Path) -> d
     cfg = replace(base, loss=name, loss_options=options, seed=seed, out=str(out),
                   classes=tuple(spec_task.get("classes", ())), positive=spec_task.get("positive"),
                   negatives=tuple(spec_task.get("negatives", ())), latent_dim=16 if task == "n2o" else None)
+    _check_same_settings(out, cfg)
     metrics_path = out / "metrics.jsonl"
     history = _history(metrics_path)
     started = time.monotonic()
@@ -122,6 +123,27 @@ def run_one(base: TrainConfig, task: str, spec: str, seed: int, runs: Path) -> d
     return {"task": task, "loss": spec, "name": name, "options": options, "seed": seed, "run": str(out),
             "status": status, "epochs": len(history), "wall_s_this_call": round(time.monotonic() - started, 1),
             "train_s": round(sum(r["epoch_seconds"] for r in history), 1), "history": [_epoch(task, r) for r in history]}
+
+
+_SETTINGS = ("data", "val_data", "classes", "positive", "negatives", "max_per_class", "arch", "input_size", "loss",
+             "loss_options", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "seed")
+
+
+def _check_same_settings(out: Path, cfg: TrainConfig) -> None:
+    """A run folder is reused or resumed only if it was started with the same settings."""
+    import yaml
+
+    from patchdet.runtime.config import config_to_dict
+
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    wanted = json.loads(json.dumps(config_to_dict(cfg)))  # tuples -> lists, as in the YAML
+    changed = [k for k in _SETTINGS if saved.get(k) != wanted.get(k)]
+    if changed:
+        raise ValueError(f"run folder {out} was trained with other settings ({', '.join(changed)}): "
+                         f"choose another --runs folder")
 
 
 def _history(path: Path) -> list[dict[str, Any]]:
@@ -149,10 +171,11 @@ def _spread(values: list[float]) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = ["# Loss comparison", "", results["note"], ""]
+    lines = ["# Loss comparison", ""]
     for task, section in results["tasks"].items():
         s = section["settings"]
-        lines += [f"## {task}: {section['description']}", "", "```bash", section["command"], "```", "",
+        lines += [f"## {task}: {section['description']}", "", section.get("note", ""), "",
+                  "```bash", section["command"], "```", "",
                   f"Settings: arch `{s['arch']}`, input {s['input_size']} px, {s['epochs']} epochs, seeds "
                   f"{s['seeds']}, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']} ({s['scheduler']}), "
                   f"weight decay {s['weight_decay']}, train images per class: {s['max_per_class'] or 'all'}, "
@@ -197,6 +220,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(results["tasks"].items())
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
@@ -210,6 +234,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.plot(range(1, length + 1), mean, marker="o", label=spec)
         ax.set_title(f"{task}: {'mean F1' if task == 'n2o' else 'test accuracy'} per epoch (mean over seeds)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -250,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_json.read_text(encoding="utf-8")) if results_json.exists() else {"tasks": {}}
     command = "python -m benchmarks.loss_comparison " + " ".join(
         f"'{a}'" if ";" in a or " " in a else a for a in (sys.argv[1:] if argv is None else argv))
-    results["note"] = args.note or results.get("note", "")
     results["plot"] = str(Path(args.results).with_suffix(".png"))
     for task in args.task or ["cifar10", "cifar3"]:
         losses = args.losses.split(";") if args.losses else list(TASKS[task]["losses"])
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         description = {"cifar10": "all 10 CIFAR-10 classes", "cifar3": "automobile, bird, cat (the DisCNN subset)",
                        "n2o": "N2O negative terms, automobile vs bird + cat"}[task]
         results["tasks"][task] = {
-            "description": description, "command": command, "losses": losses, "runs": runs,
+            "description": description, "note": args.note, "command": command, "losses": losses, "runs": runs,
             "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
             "settings": {"arch": base.arch, "input_size": base.input_size, "epochs": base.epochs, "seeds": seeds,
                          "batch_size": base.batch_size, "optimizer": base.optimizer, "lr": base.lr,
