@@ -100,3 +100,33 @@ def test_registry_and_bad_options():
         N2OLoss(scale=0)
     with pytest.raises(ValueError, match="reduction"):
         N2OLoss(reduction="avg")(torch.zeros(1, 2), torch.tensor([True]))
+
+
+@pytest.mark.parametrize("kind", ["modulus", "l1", "hinge"])
+def test_negative_variants_by_hand_and_they_reach_the_origin_in_finite_steps(kind):
+    z = torch.tensor([[3.0, -4.0, 4.0]])
+    expected = {"modulus": 5.0 / 2, "l1": 7.0 / 2, "hinge": (3.5 + 0.0 + 4.5) / 2}[kind]
+    loss = N2OLoss(scale=2.0, negative_term=kind, negative_margin=0.5, reduction="none")
+    assert loss(z, torch.tensor([False])).tolist() == pytest.approx([expected])
+    # plain gradient descent: the squared term only shrinks geometrically, these land exactly on 0
+    steps = {}
+    for name in ("squared", kind):
+        zz = torch.tensor([[0.3, 0.2]], requires_grad=True)
+        loss = N2OLoss(negative_term=name)
+        for step in range(1, 200):
+            loss(zz, torch.tensor([False])).backward()
+            with torch.no_grad():
+                zz -= 0.05 * zz.grad
+            zz.grad = None
+            if torch.relu(zz).norm() == 0:
+                steps[name] = step
+                break
+    assert kind in steps and "squared" not in steps
+    at_origin = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    N2OLoss(negative_term=kind)(at_origin, torch.tensor([False])).backward()
+    assert torch.isfinite(at_origin.grad).all()
+
+
+def test_unknown_negative_term_is_refused():
+    with pytest.raises(ValueError, match="negative_term 'cubic'.*squared, modulus, l1, hinge"):
+        N2OLoss(negative_term="cubic")

@@ -11,6 +11,12 @@ n-dim latent x -> head`` (the POD paper's Fig. 1). Two heads:
   regenerated when a model is loaded.
 - ``softmax`` (the baseline): the same backbone and latent FC followed by a
   trainable ``nn.Linear(n, k)``; ``forward`` returns the logits [N, k].
+- ``modulus`` (N2O, DisCNN-style detection on any backbone): a ReLU after the
+  latent FC; ``forward`` returns the non-negative embedding [N, n] whose
+  modulus is the score.
+
+DisCNN's conv stack and first two FC layers serve as a backbone too
+(``discnn_classifier``), so every loss composes with every architecture.
 
 torchvision's MobileNetV2 and ResNet-18 are adapted to 32x32 inputs as the
 POD paper's section 4 and common CIFAR practice do: a 3x3 stride-1 stem, no
@@ -27,7 +33,7 @@ from torch import nn
 
 from patchdet.training.pedcc import check_pedcc_shape
 
-POD_HEADS = ("cosine", "softmax")
+POD_HEADS = ("cosine", "softmax", "modulus")
 
 
 def default_latent_dim(num_classes: int) -> int:
@@ -59,11 +65,11 @@ class PODClassifier(nn.Module):
         super().__init__()
         if head not in POD_HEADS:
             raise ValueError(f"head {head!r} is unknown: expected one of {', '.join(POD_HEADS)}")
-        if num_classes < 2:
+        if num_classes < 2 and head != "modulus":
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         if head == "cosine":
             check_pedcc_shape(num_classes, latent_dim)
-        elif latent_dim < 1:
+        if latent_dim < 1:
             raise ValueError(f"latent dimension {latent_dim} is invalid: expected a positive integer")
         self.head = head
         self.num_classes = num_classes
@@ -75,12 +81,12 @@ class PODClassifier(nn.Module):
             self.pedcc = nn.Linear(latent_dim, num_classes, bias=False)
             nn.init.zeros_(self.pedcc.weight)
             self.pedcc.weight.requires_grad_(False)
-        else:
+        elif head == "softmax":
             self.classifier = nn.Linear(latent_dim, num_classes)
 
     @property
     def embedding_dim(self) -> int:
-        return self.latent_dim if self.head == "cosine" else self.num_classes
+        return self.num_classes if self.head == "softmax" else self.latent_dim
 
     @property
     def centroids(self) -> torch.Tensor:
@@ -101,10 +107,17 @@ class PODClassifier(nn.Module):
     def forward_with_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(model output, latent x [N, n]): the latent of a softmax model too, for the norm analysis."""
         latent = self.latent(self.backbone(x))
+        if self.head == "modulus":
+            return torch.relu(latent), latent
         return (latent if self.head == "cosine" else self.classifier(latent)), latent
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_latent(x)[0]
+    def forward(self, x: torch.Tensor, return_latent: bool = False, return_pre_activation: bool = False):
+        """The model output; with ``return_latent`` (or, for N2O, ``return_pre_activation``) also the latent.
+
+        Keyword arguments of forward() rather than separate methods, so that DDP syncs gradients.
+        """
+        output, latent = self.forward_with_latent(x)
+        return (output, latent) if return_latent or return_pre_activation else output
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -211,6 +224,24 @@ def resnet18(
 def _reject_unknown(kwargs: dict[str, Any]) -> None:
     if kwargs:
         raise ValueError(f"unknown model option(s) {', '.join(sorted(kwargs))} for a POD/softmax classifier")
+
+
+class DisCNNTrunk(nn.Module):
+    """DisCNN's conv blocks and first two FC layers (with their ReLUs) as a backbone: [N, 3, H, W] -> [N, fc[1]]."""
+
+    def __init__(self, discnn: nn.Module) -> None:
+        super().__init__()
+        self.features = discnn.features
+        self.fc = discnn.classifier[:4]  # Linear, ReLU, Linear, ReLU
+        self.out_features = discnn.fc_features[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+def discnn_classifier(discnn: nn.Module, num_classes: int, latent_dim: int | None, head: str) -> PODClassifier:
+    """A DisCNN body with a multi-class head (``cosine``/``softmax``) in place of its 16-d modulus output."""
+    return _build(DisCNNTrunk(discnn), num_classes, latent_dim, head, discnn.input_size)
 
 
 # name -> builder; registered beside DisCNN by ``training.models``.

@@ -9,6 +9,8 @@ import argparse
 import json
 import logging
 
+from patchdet.training.loss_heads import LOSS_HEADS
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and loss")
     model.add_argument("--arch", help="registered architecture (see --list-models); default discnn8")
     model.add_argument("--input-size", type=int, help="square input side in pixels (default 96)")
-    model.add_argument("--loss", help="loss name: n2o (default), n2o-softmax, ... (see --list-losses)")
+    model.add_argument("--loss", choices=sorted(LOSS_HEADS), metavar="NAME",
+                       help=f"loss, one of: {', '.join(sorted(LOSS_HEADS))} (default n2o; --list-losses gives heads)")
     model.add_argument("--loss-option", action="append", metavar="KEY=VALUE", help="loss option, repeatable")
     model.add_argument("--latent-dim", type=int, help="latent dimension for POD/softmax heads")
     opt = parser.add_argument_group("optimisation")
@@ -80,8 +83,6 @@ def run_train(args: argparse.Namespace) -> int:
         print("\n".join(list_models()))
         return 0
     if args.list_losses:
-        from patchdet.training.losses import LOSS_HEADS
-
         print("\n".join(f"{name}\t{head}" for name, head in sorted(LOSS_HEADS.items())))
         return 0
     from patchdet.runtime.config import build_config, parse_key_values

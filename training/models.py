@@ -114,16 +114,30 @@ class DisCNN(nn.Module):
         return f, z
 
 
+def _discnn(discnn: DisCNN, head: str, num_classes: int | None, latent_dim: int | None) -> nn.Module:
+    if head == "modulus":
+        return discnn
+    from patchdet.training.backbones import discnn_classifier
+
+    if num_classes is None:
+        raise ValueError(f"a DisCNN with a {head} head needs num_classes")
+    return discnn_classifier(discnn, num_classes, latent_dim, head)
+
+
 @register_model("discnn8")
-def discnn8(input_size: int = 96, **kwargs: Any) -> DisCNN:
-    """DisCNN-8 (Table 1): 148,568 trainable parameters at 96x96."""
-    return DisCNN((64, 32, 16, 8), (288, 128, 16), input_size=input_size, **kwargs)
+def discnn8(input_size: int = 96, head: str = "modulus", num_classes: int | None = None,
+            latent_dim: int | None = None, **kwargs: Any) -> nn.Module:
+    """DisCNN-8 (Table 1): 148,568 trainable parameters at 96x96; ``head`` cosine/softmax: a multi-class body."""
+    return _discnn(DisCNN((64, 32, 16, 8), (288, 128, 16), input_size=input_size, **kwargs), head, num_classes,
+                   latent_dim)
 
 
 @register_model("discnn1")
-def discnn1(input_size: int = 96, **kwargs: Any) -> DisCNN:
-    """DisCNN-1 (Table 1): 28,295 trainable parameters at 96x96."""
-    return DisCNN((64, 32, 16, 1), (36, 32, 16), input_size=input_size, **kwargs)
+def discnn1(input_size: int = 96, head: str = "modulus", num_classes: int | None = None,
+            latent_dim: int | None = None, **kwargs: Any) -> nn.Module:
+    """DisCNN-1 (Table 1): 28,295 trainable parameters at 96x96; ``head`` cosine/softmax: a multi-class body."""
+    return _discnn(DisCNN((64, 32, 16, 1), (36, 32, 16), input_size=input_size, **kwargs), head, num_classes,
+                   latent_dim)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -45,6 +45,14 @@ class ModulusTask:
     def class_list(cfg: TrainConfig) -> list[str]:
         return [cfg.positive, *cfg.negatives]
 
+    def arch_kwargs(self) -> dict[str, Any]:
+        """DisCNN is a modulus model already; the other backbones get a ReLU'd latent of ``--latent-dim`` (16)."""
+        from patchdet.training.backbones import BACKBONES
+
+        if self.cfg.arch not in BACKBONES:
+            return {}
+        return {"head": "modulus", "num_classes": 1, "latent_dim": int(self.cfg.latent_dim or 16)}
+
     def loss(self, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _, pre_activation = model(images, return_pre_activation=True)
         return loss_fn(pre_activation, labels == 0)
@@ -69,6 +77,9 @@ class ModulusTask:
             "negative_classes": list(self.cfg.negatives),
             "threshold": float(self.cfg.threshold),
         }
+
+    def begin_epoch(self, loss_fn: nn.Module, epoch: int) -> None:
+        """Hook for losses with a schedule (none for N2O)."""
 
     def epoch_end(self, loss_fn: nn.Module, epoch_outputs: dict[str, Any]) -> None:
         """Hook for losses with epoch-level state (none for N2O)."""
@@ -120,22 +131,67 @@ class MultiClassTask:
         return {"num_classes": len(self.class_names), "latent_dim": self.latent_dim, "head": self.head}
 
     def prepare(self, model: torch.nn.Module, loss_options: dict[str, Any]) -> dict[str, Any]:
-        """Called once after the model is built: cosine heads get their PEDCC centroids here.
+        """Called once after the model is built, before any epoch: returns the loss options.
 
-        Returns the loss options; cosine-family losses receive the model's own
-        centroid tensor (shared storage), so a resumed checkpoint's centroids
-        reach the loss too.
+        Cosine-family losses receive the model's own PEDCC centroid tensor
+        (shared storage), so a resumed checkpoint's centroids reach the loss
+        too; CosFace/ArcFace learn theirs instead. Losses that read more than
+        the output get the sizes they need, and the taps they read are
+        located (and checked, e.g. Gini needs non-negative activations) here.
         """
+        from patchdet.training.losses import LEARNED_CENTROIDS, loss_needs
+
         self.model = model
-        if self.head != "cosine":
-            return dict(loss_options)
+        options = dict(loss_options)
+        needs = loss_needs(self.cfg.loss)
+        num_classes = len(self.class_names)
+        if needs or self.cfg.loss in LEARNED_CENTROIDS:
+            options["num_classes"] = num_classes
+        if "latent" in needs:
+            options["latent_dim"] = self.latent_dim
+        if self.cfg.loss in LEARNED_CENTROIDS:
+            options["embedding_dim"] = self.latent_dim
+        self.taps = self._locate_taps(model, needs)
+        if "blocks" in needs:
+            options["block_channels"] = [end.channels for end in self.taps]
+        if self.head != "cosine" or self.cfg.loss in LEARNED_CENTROIDS:
+            return options
         from patchdet.training.pedcc import pedcc_centroids
 
-        model.set_centroids(torch.from_numpy(pedcc_centroids(len(self.class_names), self.latent_dim, self.cfg.seed)))
-        return {**loss_options, "centroids": model.pedcc.weight.detach()}
+        model.set_centroids(torch.from_numpy(pedcc_centroids(num_classes, self.latent_dim, self.cfg.seed)))
+        return {**options, "centroids": model.pedcc.weight.detach()}
+
+    def _locate_taps(self, model: torch.nn.Module, needs: tuple[str, ...]) -> list:
+        from patchdet.training.losses.taps import stage_ends
+
+        if "blocks" not in needs and "last_block" not in needs:
+            return []
+        ends = stage_ends(model, int(self.cfg.input_size), seed=self.cfg.seed)
+        if "blocks" in needs:  # MSL: the model's own head is the module at the last block
+            return ends[:-1]
+        ends = ends[-1:]
+        if ends[0].min_value < 0:
+            raise ValueError(f"loss {self.cfg.loss!r} needs non-negative activations, but the last conv layer of "
+                             f"{self.cfg.arch!r} (features[{ends[0].index}]) outputs negative values")
+        return ends
 
     def loss(self, model: torch.nn.Module, loss_fn: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
-        return loss_fn(model(images), labels)
+        needs = getattr(loss_fn, "needs", ())
+        if not needs:
+            return loss_fn(model(images), labels)
+        from patchdet.training.losses.taps import capture, conv_features
+
+        indices = [end.index for end in self.taps]
+        with capture(conv_features(model), indices) as blocks:
+            output, latent = model(images, return_latent=True)
+        extra: dict[str, Any] = {"latent": latent} if "latent" in needs else {"blocks": list(blocks)}
+        return loss_fn(output, labels, **extra)
+
+    def begin_epoch(self, loss_fn: torch.nn.Module, epoch: int) -> None:
+        """Losses with a schedule (Gini + KL starts at an epoch) learn the 1-based epoch here."""
+        begin = getattr(loss_fn, "begin_epoch", None)
+        if begin is not None:
+            begin(epoch)
 
     def outputs(self, model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         output, latent = model.forward_with_latent(images)
@@ -170,7 +226,11 @@ class MultiClassTask:
         return fields
 
     def epoch_end(self, loss_fn: torch.nn.Module, epoch_outputs: dict[str, Any]) -> None:
-        """NaC/POD: M := mean training latent norm of the epoch just finished (eq. 16)."""
+        """NaC/POD: M := mean training latent norm of the epoch just finished (eq. 16); CosFace/ArcFace: the
+        learned class vectors become the model's centroids (what validation and export use)."""
+        class_centroids = getattr(loss_fn, "class_centroids", None)
+        if class_centroids is not None and self.model is not None:
+            self.model.set_centroids(class_centroids())
         end_epoch = getattr(loss_fn, "end_epoch", None)
         if end_epoch is not None:
             mean_norm = end_epoch()

@@ -252,6 +252,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_model.train()
+        loss_fn.train()
+        task.begin_epoch(loss_fn, epoch)
         started = time.monotonic()
         loss_sum, seen = 0.0, 0
         bar = progress(loader, desc=f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch)

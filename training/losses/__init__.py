@@ -1,8 +1,8 @@
 """Losses, one small module each. ``LOSSES`` maps config names to builders.
 
 Each builder takes keyword options (``--loss-option key=value`` on the
-command line) and returns an ``nn.Module``. ``LOSS_HEADS`` says which head
-kind (see ``runtime.card``) a model trained with that loss has.
+command line) and returns an ``nn.Module``. ``LOSS_HEADS`` (in the torch-free
+``training.loss_heads``) says which head kind a model trained with that loss has.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from patchdet.training.loss_heads import LEARNED_CENTROIDS, LOSS_HEADS
+from patchdet.training.losses.center import CenterLoss
 from patchdet.training.losses.cosine import CosineLoss
+from patchdet.training.losses.gini_kl import GiniKLLoss
+from patchdet.training.losses.margin import ArcFaceLoss, CosFaceLoss
+from patchdet.training.losses.msl import MSLoss
 from patchdet.training.losses.n2o import N2OLoss, N2OSoftmaxLoss
 from patchdet.training.losses.nac import NaCLoss
 from patchdet.training.losses.pod import PODLoss
@@ -28,17 +33,21 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "sc": SCLoss,
     "pod": PODLoss,
     "softmax": SoftmaxLoss,
+    # Softmax-head baselines and regularisers (the task passes num_classes and the latent/block sizes).
+    "center": CenterLoss,
+    "msl": MSLoss,
+    "gini-kl": GiniKLLoss,
+    # Angular-margin baselines: cosine head whose centroids the loss learns.
+    "cosface": CosFaceLoss,
+    "arcface": ArcFaceLoss,
 }
 
-LOSS_HEADS: dict[str, str] = {
-    "n2o": "modulus",
-    "n2o-softmax": "modulus",
-    "cosine": "cosine",
-    "nac": "cosine",
-    "sc": "cosine",
-    "pod": "cosine",
-    "softmax": "softmax",
-}
+__all__ = ["LEARNED_CENTROIDS", "LOSSES", "LOSS_HEADS", "build_loss", "loss_needs"]
+
+
+def loss_needs(name: str) -> tuple[str, ...]:
+    """What a loss reads besides the model output: ``latent``, ``blocks`` (every conv block end), ``last_block``."""
+    return tuple(getattr(LOSSES.get(name), "needs", ()))
 
 
 def build_loss(name: str, **options: Any) -> nn.Module:

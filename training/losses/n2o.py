@@ -31,6 +31,21 @@ embedding size. Properties (each pinned by a test):
 - ``p`` is monotone in the modulus, so thresholding ``|f|`` *is* the
   cross-entropy decision: ``p = 0.5`` at ``|f| = s sqrt(ln 2)``.
 
+The negative term is an option (``negative_term``), because ``r^2`` has a
+vanishing gradient near the origin (``2 f / s^2``): gradient steps shrink a
+negative geometrically and never land it on the origin, so at threshold 0
+many negatives sit just above it. Terms whose gradient does not vanish get
+there in finite steps (each is 0 with zero gradient at the origin):
+
+    squared  r^2 / s^2                     (default; the BCE above, exactly)
+    modulus  |f| / s                       (L2 modulus: gradient of constant size 1/s)
+    l1       sum_k f_k / s                 (L1: every active component pulled at rate 1/s)
+    hinge    sum_k relu(z_k + m) / s       (margin on z before the ReLU: pushes every
+                                            pre-activation below -m, so the output is 0
+                                            with slack m; ``negative_margin``)
+
+The variants keep the positive term; ``scale`` still sets where p = 0.5.
+
 ``N2OSoftmaxLoss`` (name ``n2o-softmax``): the paper's wording taken literally,
 an auxiliary 2-way linear softmax head on ``f`` trained with cross-entropy,
 plus ``beta * |f|^2`` on negatives (and the same compactness term). The head
@@ -63,6 +78,23 @@ def _compactness(z: torch.Tensor, target_norm: float) -> torch.Tensor:
     return (z - target).pow(2).sum(dim=1) / dim
 
 
+NEGATIVE_TERMS = ("squared", "modulus", "l1", "hinge")
+
+
+def negative_term_of(z: torch.Tensor, kind: str, scale: float, margin: float) -> torch.Tensor:
+    """Per-sample negative cost [N] of pre-activations ``z`` [N, D] (float32); see the module docstring."""
+    f = F.relu(z)
+    if kind == "squared":
+        return f.pow(2).sum(dim=1) / scale**2
+    if kind == "modulus":
+        # sqrt with a floor inside: finite (zero) gradient at the origin instead of NaN
+        r2 = f.pow(2).sum(dim=1)
+        return torch.where(r2 > 0, r2.clamp_min(1e-12).sqrt(), torch.zeros_like(r2)) / scale
+    if kind == "l1":
+        return f.sum(dim=1) / scale
+    return F.relu(z + margin).sum(dim=1) / scale
+
+
 class N2OLoss(nn.Module):
     """Modulus-link BCE + positive compactness (see the module docstring).
 
@@ -72,6 +104,8 @@ class N2OLoss(nn.Module):
         compactness: ``mu``, weight of the positive compactness term.
         eps: floor of ``1 - exp(-r^2/s^2)`` inside the log (keeps the loss finite).
         reduction: ``mean`` | ``sum`` | ``none`` over the batch.
+        negative_term: ``squared`` (default) | ``modulus`` | ``l1`` | ``hinge``.
+        negative_margin: ``m`` of the ``hinge`` term (>= 0).
 
     Call: ``loss(z, is_positive)`` with ``z`` float [N, D] pre-activation and
     ``is_positive`` bool/int [N].
@@ -84,18 +118,24 @@ class N2OLoss(nn.Module):
         compactness: float = 0.1,
         eps: float = 1e-6,
         reduction: str = "mean",
+        negative_term: str = "squared",
+        negative_margin: float = 0.5,
     ) -> None:
         super().__init__()
         if scale <= 0 or target_norm <= 0 or compactness < 0:
             raise ValueError(f"N2O scale {scale} and target_norm {target_norm} must be > 0, compactness >= 0")
+        if negative_term not in NEGATIVE_TERMS or negative_margin < 0:
+            raise ValueError(f"N2O negative_term {negative_term!r} / negative_margin {negative_margin} are invalid: "
+                             f"expected one of {', '.join(NEGATIVE_TERMS)} and a margin >= 0")
         self.scale, self.target_norm, self.compactness, self.eps = scale, target_norm, compactness, eps
         self.reduction = reduction
+        self.negative_term, self.negative_margin = negative_term, float(negative_margin)
 
     def forward(self, z: torch.Tensor, is_positive: torch.Tensor) -> torch.Tensor:
         z = z.float()  # the exp/log below are not safe in half precision
         positive = is_positive.bool()
         r2 = F.relu(z).pow(2).sum(dim=1) / self.scale**2
-        negative_term = r2
+        negative_term = negative_term_of(z, self.negative_term, self.scale, self.negative_margin)
         p_positive = (-torch.expm1(-r2)).clamp_min(self.eps)
         positive_term = -torch.log(p_positive) + self.compactness * _compactness(z, self.target_norm)
         return _reduce(torch.where(positive, positive_term, negative_term), self.reduction)
