@@ -64,7 +64,10 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
                         help="give up a lost live stream after S seconds (default: keep retrying)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--jsonl", metavar="FILE", help="detections per frame as JSON Lines")
-    out.add_argument("--save-video", metavar="FILE", help="annotated video (.mp4 mp4v, .avi MJPG)")
+    out.add_argument("--save-video", metavar="FILE", help="annotated video (.mp4 mp4v, .avi MJPG) of a video or "
+                     "stream; plays at the source's real speed")
+    out.add_argument("--save-images", metavar="DIR", help="one annotated image per frame in DIR; photos keep their "
+                     "file name, size and format")
     out.add_argument("--summary", metavar="FILE", help="run summary JSON (also printed)")
     out.add_argument("--crops", metavar="DIR", help="save a crop of every detection in DIR")
     out.add_argument("--show", action="store_true", default=None, help="show a window (needs GUI OpenCV); q stops")
@@ -90,7 +93,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",
-            "save_video", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
+            "save_video", "save_images", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
     cfg = load_detect_config(args.config, **{k: getattr(args, k, None) for k in keys})
     summary = detect(cfg)
     json.dump(summary, sys.stdout, indent=2)
