@@ -17,6 +17,7 @@ from patchdet.runtime.sinks import VideoSink
 from patchdet.runtime.streams import Frame
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import moving_square_frames, read_video, write_video
+from tests.test_stream_fault import MjpegServer, _loopback_available
 
 
 @pytest.fixture
@@ -142,3 +143,17 @@ def test_heatmap_has_a_colour_scale():
     is_red = (right[:, 2] > 200) & (right[:, 0] < 80)
     is_blue = (right[:, 0] > 200) & (right[:, 2] < 80)
     assert is_red.any() and is_blue.any()  # the JET bar from 0 (blue) to the top score (red)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not _loopback_available(), reason="needs a loopback interface to serve the stream")
+def test_a_live_stream_reports_the_rate_it_really_sends(tmp_path, model):
+    server = MjpegServer(frame_interval_s=1 / 12)  # 12 frames/s; OpenCV announces such streams as 25 fps
+    server.start()
+    try:
+        summary = detect(_cfg(model, server.url, max_frames=24, tile=32, stride=32))
+    finally:
+        server.stop()
+    # Bounded above only: a busy machine can deliver fewer frames, never more than were sent.
+    assert 0 < summary["source_fps"] < 18
