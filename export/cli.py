@@ -9,11 +9,12 @@ log = logging.getLogger(__name__)
 
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
-    from patchdet.export.formats import FORMATS
+    from patchdet.export.formats import FORMAT_GROUPS, FORMATS
 
     parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint files or run folders (best.pt/last.pt)")
     parser.add_argument("--formats", default=None,
-                        help=f"comma-separated formats; known: {', '.join(FORMATS)}")
+                        help=f"comma-separated formats; known: {', '.join(FORMATS)}; shortcuts: "
+                        f"{', '.join(FORMAT_GROUPS)} (cpu: every format built and checked on a CPU)")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--calib", default=None, metavar="DIR",
                         help="calibration images for INT8 (a folder of images or an ImageFolder tree)")
@@ -87,4 +88,6 @@ def run_export(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry["status"] == "failed":
             log.error("%s %s failed: %s", entry["name"], entry["format"], entry["reason"])
+        for warning in entry.get("warnings") or ():
+            log.warning("%s %s: %s", entry["name"], entry["format"], warning)
     return 1 if counts["failed"] else 0
