@@ -70,5 +70,5 @@ def test_format_shortcuts(names, expected):
     assert expand_formats(names) == expected
 
 
-def test_config_expands_format_shortcuts():
-    assert ExportConfig(models=("m.pt",), formats=("cpu",), calib_dir="calib").formats == CPU_FORMATS
+def test_config_expands_format_shortcuts(tmp_path):
+    assert ExportConfig(models=("m.pt",), formats=("cpu",), calib_dir=str(tmp_path)).formats == CPU_FORMATS
