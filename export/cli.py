@@ -71,6 +71,17 @@ def build_config(args: argparse.Namespace):
     return resolve(ExportConfig, args.config, **flags)
 
 
+def _log_above_progress_bar():
+    """Log lines printed above the one progress bar instead of through it (tqdm's logging redirect)."""
+    import contextlib
+
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm()
+
+
 def run_export(args: argparse.Namespace) -> int:
     if args.list_formats:
         from patchdet.export.formats import format_table_markdown
@@ -81,7 +92,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     exit_on_sigterm()  # a killed run cleans its staging folders like Ctrl-C does
-    entries = export(cfg)
+    with _log_above_progress_bar():
+        entries = export(cfg)
     counts = {s: sum(e["status"] == s for e in entries) for s in ("ok", "skipped", "failed")}
     log.info("%d ok, %d skipped, %d failed; manifest: %s/%s", counts["ok"], counts["skipped"], counts["failed"],
              cfg.out_dir, MANIFEST_JSON)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from patchdet.cli import main
 from patchdet.export.batch import export, manifest_markdown
 from patchdet.export.config import ExportConfig, ParityConfig
 from patchdet.export.formats import CPU_FORMATS, FORMATS, expand_formats
@@ -72,3 +74,17 @@ def test_format_shortcuts(names, expected):
 
 def test_config_expands_format_shortcuts(tmp_path):
     assert ExportConfig(models=("m.pt",), formats=("cpu",), calib_dir=str(tmp_path)).formats == CPU_FORMATS
+
+
+@pytest.mark.slow
+@pytest.mark.openvino
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="needs the [openvino] extra (nncf)")
+def test_nncf_chatter_is_silenced_without_verbose(tmp_path, capfd):
+    from tests.export_helpers import make_checkpoint, make_image_folder
+
+    argv = ["export", str(make_checkpoint(tmp_path / "car.pt")), "--formats", "openvino-int8", "--out",
+            str(tmp_path / "out"), "--calib", str(make_image_folder(tmp_path / "calib", per_class=12, seed=1))]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    for noise in ("INFO:nncf", "Statistics collection", "No CUDA runtime"):
+        assert noise not in out and noise not in err
