@@ -101,3 +101,15 @@ def test_openvino_artifact_without_openvino_names_the_openvino_extra(command, ca
     err = capsys.readouterr().err
     assert "None" not in err
     assert "'openvino'" in err and "pip install 'patchdet[openvino]'" in err
+
+
+def test_tensorrt_engine_without_tensorrt_names_the_tensorrt_extra(tmp_path, monkeypatch, capsys):
+    engine = tmp_path / "model_trt_fp16.engine"
+    engine.write_bytes(b"\0" * 16)
+    shutil.copy(Path(backends.__file__).parents[1] / "assets" / "discnn8_automobile.card.json", card_path_for(engine))
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((96, 96, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["detect", "--model", str(engine), "--source", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "missing dependency 'tensorrt'" in err and "pip install 'patchdet[tensorrt]'" in err
