@@ -86,7 +86,13 @@ FORMAT_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def expand_formats(names: tuple[str, ...]) -> tuple[str, ...]:
-    """Format names with the shortcuts of ``FORMAT_GROUPS`` expanded, duplicates dropped, order kept."""
+    """Format names with the shortcuts of ``FORMAT_GROUPS`` expanded, in order.
+
+    Overlaps with a shortcut (``onnx,cpu``) are dropped; without a shortcut the list is returned as given,
+    so a format named twice is still refused by ``ExportConfig``.
+    """
+    if not any(name in FORMAT_GROUPS for name in names):
+        return tuple(names)
     expanded: list[str] = []
     for name in names:
         for item in FORMAT_GROUPS.get(name, (name,)):

@@ -88,3 +88,7 @@ def test_nncf_chatter_is_silenced_without_verbose(tmp_path, capfd):
     out, err = capfd.readouterr()
     for noise in ("INFO:nncf", "Statistics collection", "No CUDA runtime"):
         assert noise not in out and noise not in err
+
+
+def test_a_format_named_twice_without_shortcuts_is_still_refused():
+    assert expand_formats(("onnx", "onnx")) == ("onnx", "onnx")
