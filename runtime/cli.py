@@ -55,7 +55,7 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
                         "image, folder or glob of images (default: the built-in sample clip)")
     parser.add_argument("--threshold", type=_number, metavar="T", help="decision threshold (default: the model card's)")
     parser.add_argument("--merge", choices=("connected", "nms", "none"), help="how positive tiles become boxes")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames (unset: end of stream)")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--vid-stride", type=int, metavar="N", help="process every N-th frame")
     parser.add_argument("--max-fps", type=_number, metavar="F", help="process at most F frames per second (unset: no cap)")
     parser.add_argument("--live", dest="drop_frames", action="store_true", default=None,
