@@ -1,8 +1,9 @@
 """Soak run: ``detect`` on >= 10,000 frames while resident memory (RSS) is sampled.
 
-Small frames and the built-in DisCNN-8 model keep it short: a 192x96 video
-(the street clip downscaled and looped) cut into 96x96 tiles at stride 96
-(2 tiles per frame), with the full pipeline running: reader thread, inference,
+The built-in DisCNN-8 model on a 640x352 video (the built-in street clip's
+size, looped; ``--size`` changes it) cut into 96x96 tiles at stride 96 (28
+tiles per frame: 7 x 4, the last column and row moved inside the frame), with
+the full pipeline running: reader thread, inference,
 writer thread, annotated mp4v video, JSON Lines, statistics. RSS is read from
 ``/proc/self/statm`` every ``--every`` seconds by a sampling thread.
 
@@ -87,7 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="artifact (default: the built-in model)")
     parser.add_argument("--frames", type=int, default=10_000)
-    parser.add_argument("--size", default="192x96", help="frame WxH")
+    parser.add_argument("--size", default="640x352", help="frame WxH")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--every", type=float, default=0.5, help="RSS sampling period (s)")
     parser.add_argument("--bound-mb", type=float, default=16.0, help="allowed growth after warm-up")

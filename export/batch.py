@@ -26,6 +26,7 @@ from typing import Any
 from patchdet.export.artifact import artifact_files, clean_stale_staging
 from patchdet.export.config import ExportConfig
 from patchdet.export.formats import FORMATS
+from patchdet.export.parity import quality_metric, quality_warnings
 from patchdet.export.pipeline import ExportJob, export_job
 from patchdet.runtime.atomic import atomic_write_json, atomic_write_text, file_sha256
 
@@ -331,18 +332,21 @@ def _export_locked(cfg: ExportConfig, out_dir: Path, jobs: list[ExportJob]) -> l
         if bar is not None:
             bar.close()
     manifest = [entries[i] for i in range(len(jobs))]
+    for entry in manifest:
+        entry["warnings"] = quality_warnings(entry.get("parity") or {}, cfg.parity) if entry["status"] != "failed" else []
     write_manifest(out_dir, manifest, time.perf_counter() - start, cfg)
     return manifest
 
 
 def parity_summary(entry: dict[str, Any]) -> str:
-    """One short cell: score error and F1 of torch -> artifact."""
+    """One short cell: score error, decision agreement and F1 / accuracy of torch -> artifact, for every head."""
     parity = entry.get("parity") or {}
     if "score_rel" not in parity:
         return "-"
-    text = f"rel {parity['score_rel']:.1e}, agree {parity['decision_agreement']:.4f}"
-    if parity.get("f1_torch") is not None and parity.get("f1_artifact") is not None:
-        text += f", F1 {parity['f1_torch']:.4f}->{parity['f1_artifact']:.4f}"
+    text = f"rel {parity['score_rel']:.1e}, agree {parity['decision_agreement'] * 100:.2f} %"
+    name, ref, art = quality_metric(parity)
+    if art is not None:
+        text += f", {name} {'-' if ref is None else f'{ref:.4f}'}->{art:.4f}"
     if "threshold_shift" in parity:
         text += f", thr shift {parity['threshold_shift']:+.3g}"
     return text
@@ -352,14 +356,16 @@ def manifest_markdown(entries: list[dict[str, Any]], seconds: float, workers: in
     lines = [
         f"# Export manifest ({len(entries)} artifacts, {seconds:.1f} s wall, {workers} worker(s))",
         "",
-        "| model | format | size | parity | time (s) | status | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| model | format | size | parity | time (s) | status | warnings | reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         size = f"{e['size_bytes'] / 1024:.1f} KiB" if e["size_bytes"] else "-"
         reason = (e.get("reason") or "").replace("|", "/")
+        warnings = "; ".join(e.get("warnings") or ()).replace("|", "/")
+        status = f"**{e['status']} (check)**" if warnings and e["status"] != "failed" else e["status"]
         lines.append(f"| {e['name']} | {e['format']} | {size} | {parity_summary(e)} | {e['seconds']:.2f} | "
-                     f"{e['status']} | {reason} |")
+                     f"{status} | {warnings or '-'} | {reason} |")
     return "\n".join(lines) + "\n"
 
 

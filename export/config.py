@@ -27,6 +27,11 @@ class ParityConfig:
             threshold must agree with PyTorch (FP32 / FP16 artifacts).
         int8_max_f1_drop: Allowed drop of positive-class F1 (or accuracy for
             multi-class heads) at the card threshold for INT8 artifacts.
+        warn_below: F1 (modulus) or accuracy (multi-class) under which an artifact that
+            passed is still flagged in the manifest as a poor model (a 1-epoch run).
+        warn_drop: Drop of F1 / accuracy against torch beyond which an artifact is flagged
+            (INT8 artifacts within ``int8_max_f1_drop`` included), and ``1 - warn_drop``
+            the decision agreement under which it is flagged.
         max_images: Cap on evaluation images (0 = all), sampled with ``seed``.
         batch_size: Images per inference call during the check.
         dense_mosaic: Eval patches per side of the frames that check dense artifacts.
@@ -37,13 +42,15 @@ class ParityConfig:
     fp16_rel_tol: float = 1e-2
     min_decision_agreement: float = 0.999
     int8_max_f1_drop: float = 0.01
+    warn_below: float = 0.5
+    warn_drop: float = 0.005
     max_images: int = 0
     batch_size: int = 64
     dense_mosaic: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("fp32_rel_tol", "fp16_rel_tol", "int8_max_f1_drop"):
+        for name in ("fp32_rel_tol", "fp16_rel_tol", "int8_max_f1_drop", "warn_below", "warn_drop"):
             if getattr(self, name) < 0:
                 raise ValueError(f"parity {name} {getattr(self, name)} is invalid: expected >= 0")
         if not 0.0 <= self.min_decision_agreement <= 1.0:
@@ -122,15 +129,17 @@ class ExportConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
-        from patchdet.export.formats import FORMATS  # local: formats imports nothing heavy either
+        from patchdet.export.formats import FORMAT_GROUPS, FORMATS, expand_formats  # local: nothing heavy either
 
+        object.__setattr__(self, "formats", expand_formats(tuple(self.formats)))  # documented shortcuts: cpu, all
         if not self.models:
             raise ValueError(f"no model given (models: {self.models!r}): expected one or more checkpoints or run folders")
         if not self.formats:
             raise ValueError(f"no format given: expected one or more of {', '.join(FORMATS)}")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise ValueError(f"unknown format {', '.join(map(repr, unknown))}: known formats are {', '.join(FORMATS)}")
+            raise ValueError(f"unknown format {', '.join(map(repr, unknown))}: known formats are {', '.join(FORMATS)} "
+                             f"(shortcuts: {', '.join(FORMAT_GROUPS)})")
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"format list {','.join(self.formats)} names a format twice")
         if self.workers <= 0 or self.threads < 0:

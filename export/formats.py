@@ -77,6 +77,28 @@ FORMATS: dict[str, FormatSpec] = {
 }
 
 CPU_FORMATS = tuple(name for name, spec in FORMATS.items() if spec.device == "cpu")
+# Shortcuts for --formats (expanded in place, so the resolved config lists the real formats).
+FORMAT_GROUPS: dict[str, tuple[str, ...]] = {
+    "cpu": CPU_FORMATS,
+    "gpu": tuple(name for name, spec in FORMATS.items() if spec.device == "gpu"),
+    "all": tuple(FORMATS),
+}
+
+
+def expand_formats(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Format names with the shortcuts of ``FORMAT_GROUPS`` expanded, in order.
+
+    Overlaps with a shortcut (``onnx,cpu``) are dropped; without a shortcut the list is returned as given,
+    so a format named twice is still refused by ``ExportConfig``.
+    """
+    if not any(name in FORMAT_GROUPS for name in names):
+        return tuple(names)
+    expanded: list[str] = []
+    for name in names:
+        for item in FORMAT_GROUPS.get(name, (name,)):
+            if item not in expanded:
+                expanded.append(item)
+    return tuple(expanded)
 
 
 def get_format(name: str) -> FormatSpec:
@@ -95,4 +117,5 @@ def format_table_markdown() -> str:
             f"{', '.join(spec.needs)}{' + calibration images' if spec.needs_calibration else ''} | "
             f"`patchdet[{spec.extra}]` |"
         )
-    return "\n".join(rows)
+    groups = "; ".join(f"`{group}` = {', '.join(names)}" for group, names in FORMAT_GROUPS.items())
+    return "\n".join(rows) + f"\n\nShortcuts for `--formats`: {groups}."

@@ -6,7 +6,10 @@ The card goes into ``rt_info`` under ``patchdet/card``. Needs the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,27 @@ def build_openvino(ctx: BuildContext) -> BuildResult:
     )
 
 
+@contextlib.contextmanager
+def quiet_nncf(nncf: object) -> Iterator[None]:
+    """Silence NNCF's INFO lines, its progress bars and torch's "No CUDA runtime" note, unless debugging.
+
+    NNCF logs to its own stdout handler at INFO and draws rich progress bars on stdout, which
+    interleave with our log and the export progress bar; ``patchdet -v`` shows them all.
+    """
+    if logging.getLogger("patchdet").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    nncf.set_log_level(logging.WARNING)
+    cuda_note = logging.getLogger("torch.utils.cpp_extension")
+    level = cuda_note.level
+    cuda_note.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        cuda_note.setLevel(level)
+
+
 def build_openvino_int8(ctx: BuildContext) -> BuildResult:
     """Format ``openvino-int8``: NNCF post-training quantization of the FP32 IR (symmetric preset)."""
     import nncf
@@ -99,13 +123,14 @@ def build_openvino_int8(ctx: BuildContext) -> BuildResult:
     model = convert_onnx(onnx_path)
     ignored = head_op_names(model) if ctx.float_head else []
     samples = [np.ascontiguousarray(ctx.calibration[i:i + 1]) for i in range(len(ctx.calibration))]
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(samples),
-        preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric activations and weights
-        subset_size=len(samples),
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
-    )
+    with quiet_nncf(nncf):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric activations and weights
+            subset_size=len(samples),
+            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+        )
     path = ctx.staging_dir / ctx.spec.artifact_name(ctx.base_name)
     save_with_card(quantized, path, ctx.card, compress_to_fp16=False)
     info = {

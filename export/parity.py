@@ -222,3 +222,28 @@ def dense_vs_patch(dense_scores: np.ndarray, patch_scores: np.ndarray, threshold
         "score_correlation": corr,
         "decision_agreement": float(np.mean(score_is_positive(dense_scores, threshold) == score_is_positive(patch_scores, threshold))),
     }
+
+
+def quality_metric(parity: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """(name, torch value, artifact value) of the artifact's task metric: positive-class F1 or accuracy."""
+    if parity.get("f1_artifact") is not None:
+        return "F1", parity.get("f1_torch"), parity["f1_artifact"]
+    return "acc", parity.get("accuracy_torch"), parity.get("accuracy_artifact")
+
+
+def quality_warnings(parity: dict[str, Any], cfg: ParityConfig) -> list[str]:
+    """Why an artifact that passed parity still deserves a look: a poor model, a drop, disagreement.
+
+    Parity only compares the artifact with torch; a 1-epoch model that detects nothing matches its
+    torch self perfectly, and an INT8 drop inside ``int8_max_f1_drop`` is still a drop worth seeing.
+    """
+    warnings = []
+    name, ref, art = quality_metric(parity)
+    if art is not None and art < cfg.warn_below:
+        warnings.append(f"poor model: {name} {art:.3f} < {cfg.warn_below:g} at threshold {parity.get('threshold'):g}")
+    if ref is not None and art is not None and ref - art > cfg.warn_drop:
+        warnings.append(f"{name} drops {ref:.4f} -> {art:.4f} ({(ref - art) * 100:.1f} pt)")
+    agreement = parity.get("decision_agreement")
+    if agreement is not None and agreement < 1.0 - cfg.warn_drop:
+        warnings.append(f"decisions agree with torch on {agreement * 100:.1f} % of samples")
+    return warnings

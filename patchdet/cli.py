@@ -28,6 +28,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` with the effective default: argparse's, or the stage config's.
+
+    Config-backed options keep ``None`` as their argparse default (``None`` means "not given", so a YAML
+    ``--config`` is not overridden); their real default is attached as ``action.effective_default``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        value = getattr(action, "effective_default", action.default)
+        if not action.option_strings or "default" in text.lower() or value is argparse.SUPPRESS:
+            return text
+        if value is None or isinstance(value, bool) or value in ((), {}, ""):
+            return text
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        return f"{text} (default: {value})".strip()
+
+
+def _attach_defaults(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
+    for action in parser._actions:
+        if action.dest in defaults and action.default is None:
+            action.effective_default = defaults[action.dest]
+
+
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
@@ -37,18 +62,29 @@ def _command_module(name: str):
     return importlib.import_module(module_name)
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging, including the messages of OpenVINO, NNCF and torch")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchdet",
         description="patchdet: train tiny patch detectors, export them, run them on camera streams.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _add_global_flags(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        # -v/-q also after the subcommand; SUPPRESS keeps a flag given before it from being reset.
+        _add_global_flags(sub_parser, argparse.SUPPRESS)
         if name == command:  # only the chosen command's module is imported
-            getattr(_command_module(name), f"configure_{name}")(sub_parser)
+            module = _command_module(name)
+            getattr(module, f"configure_{name}")(sub_parser)
+            help_defaults = getattr(module, f"help_defaults_{name}", None)
+            if help_defaults is not None:
+                _attach_defaults(sub_parser, help_defaults())
     return parser
 
 
@@ -63,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as exc:
-        print(_missing_dependency_line(command, exc), file=sys.stderr)
+        print(f"patchdet {command}: {_extra_hint(command, exc)}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
     if args.command is None:
@@ -77,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"patchdet {args.command}: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
-        print(_missing_dependency_line(args.command, exc), file=sys.stderr)
+        print(f"patchdet {args.command}: {_extra_hint(args.command, exc)}", file=sys.stderr)
         return 2
     except (ValueError, OSError, CliError) as exc:
         if args.verbose:
@@ -101,21 +137,42 @@ def stop_on_termination_signals() -> None:
             signal.signal(signum, interrupt)
 
 
-# Top-level module -> the extra that installs it (modules of the default install are not listed).
-_EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "matplotlib": "train", "tqdm": "train",
-                    "onnx": "export", "onnxslim": "export", "openvino": "openvino", "nncf": "openvino",
-                    "tensorrt": "tensorrt", "cuda": "tensorrt"}
+# Top-level module -> the install command that brings it (the extras of pyproject.toml).
+_INSTALL_FOR_MODULE: dict[str, str] = {
+    "torch": "pip install 'patchdet[train]'",
+    "torchvision": "pip install 'patchdet[train]'",
+    "matplotlib": "pip install 'patchdet[train]'",
+    "tqdm": "pip install 'patchdet[train]'",
+    "onnx": "pip install 'patchdet[export]'",
+    "onnxslim": "pip install 'patchdet[export]'",
+    "onnxruntime": "pip install onnxruntime",
+    "openvino": "pip install 'patchdet[openvino]'",
+    "nncf": "pip install 'patchdet[openvino]'",
+    "tensorrt": "pip install 'patchdet[tensorrt]'",
+    "cuda": "pip install 'patchdet[tensorrt]'",
+    "pycuda": "pip install 'patchdet[tensorrt]'",
+    "cv2": "pip install opencv-python-headless",
+    "yaml": "pip install pyyaml",
+}
+# Without a module name: what each command needs beyond the light install.
+_INSTALL_FOR_COMMAND: dict[str, str] = {
+    "train": "pip install 'patchdet[train]'",
+    "evaluate": "pip install 'patchdet[train]'",
+    "graft": "pip install 'patchdet[train]'",
+    "export": "pip install 'patchdet[export]'",
+}
 
 
-def _missing_dependency_line(command: str | None, exc: ModuleNotFoundError) -> str:
-    """One line naming the missing package and the extra that installs it."""
-    if exc.name is None:  # raised with a message of its own (a backend names its package and extra)
-        return f"patchdet {command}: error: {str(exc).strip().splitlines()[0]}"
-    return f"patchdet {command}: missing dependency {exc.name!r}; {_extra_hint(command, exc.name)}"
+def _extra_hint(command: str | None, exc: ModuleNotFoundError) -> str:
+    """``missing dependency 'openvino'; install it with: pip install 'patchdet[openvino]'`` for any command.
 
-
-def _extra_hint(command: str | None, module: str | None = None) -> str:
-    extra = _EXTRA_OF_MODULE.get((module or "").split(".")[0])
-    if extra is None:
-        extra = {"train": "train", "evaluate": "train", "graft": "train", "export": "export"}.get(command or "")
-    return f"install it with: pip install 'patchdet[{extra}]'" if extra else "install the missing package"
+    The missing module decides the extra (an OpenVINO artifact needs ``[openvino]`` whichever command loads
+    it); backend errors carry their own install command.
+    """
+    package = exc.name or ""
+    top = package.split(".")[0]
+    install = getattr(exc, "install", None) or _INSTALL_FOR_MODULE.get(top) or _INSTALL_FOR_COMMAND.get(command or "")
+    if not install and top:
+        install = f"pip install {top}"
+    what = f"missing dependency {top!r}" if top else f"missing dependency ({str(exc).strip() or 'unknown'})"
+    return f"{what}; install it with: {install}" if install else what

@@ -254,7 +254,11 @@ def _openvino_card_text(path: Path) -> str | None:
     try:
         import openvino as ov
     except ImportError:
-        return None
+        # The card may well be inside the IR: say what to install rather than "no model card".
+        from patchdet.runtime.backends import require
+
+        require("openvino")
+        raise
     try:
         model = ov.Core().read_model(str(path))
     except Exception:

@@ -35,12 +35,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                        "(default: the built-in DisCNN-8 car model)")
     group.add_argument("--card", metavar="JSON", help="use this model card instead of the artifact's own "
                        "(e.g. one written by patchdet calibrate)")
-    group.add_argument("--backend", choices=_BACKENDS, help="inference engine (default: auto, which says what it picked)")
-    group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads")
-    group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels, resized to the model input")
+    group.add_argument("--backend", choices=_BACKENDS, help="inference engine (auto says what it picked)")
+    group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads (unset: the engine's default)")
+    group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels, resized to the "
+                       "model input (unset: the card's tiling)")
     group.add_argument("--stride", type=int, metavar="N", help="step between tiles in pixels (default: --tile)")
     group.add_argument("--scales", metavar="S[,S...]", help="scales to tile the frame at, e.g. 1,0.5 (0.5 = tiles "
-                       "twice as large)")
+                       "twice as large; unset: the card's)")
     group.add_argument("--dense", action="store_true", default=None,
                        help="score every window of a dense (fully-convolutional) export in one pass")
     group.add_argument("--config", metavar="YAML", help="settings file; command-line options override it")
@@ -57,23 +58,34 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
                         help="how positive tiles become boxes (default: the model card's)")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--vid-stride", type=int, metavar="N", help="process every N-th frame")
-    parser.add_argument("--max-fps", type=_number, metavar="F", help="process at most F frames per second")
+    parser.add_argument("--max-fps", type=_number, metavar="F", help="process at most F frames per second (unset: no cap)")
     parser.add_argument("--live", dest="drop_frames", action="store_true", default=None,
                         help="keep only the newest frame also for files (play them in real time)")
     parser.add_argument("--reconnect-timeout", dest="reconnect_timeout_s", type=_number, metavar="S",
                         help="give up a lost live stream after S seconds (default: keep retrying)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--jsonl", metavar="FILE", help="detections per frame as JSON Lines")
-    out.add_argument("--save-video", metavar="FILE", help="annotated video (.mp4 mp4v, .avi MJPG)")
+    out.add_argument("--save-video", metavar="FILE", help="annotated video (.mp4 mp4v, .avi MJPG) of a video or "
+                     "stream; plays at the source's real speed")
+    out.add_argument("--save-images", metavar="DIR", help="one annotated image per frame in DIR; photos keep their "
+                     "file name, size and format")
     out.add_argument("--summary", metavar="FILE", help="run summary JSON (also printed)")
     out.add_argument("--crops", metavar="DIR", help="save a crop of every detection in DIR")
     out.add_argument("--show", action="store_true", default=None, help="show a window (needs GUI OpenCV); q stops")
     out.add_argument("--heatmap", action="store_true", default=None, help="blend the patch score heatmap in")
     out.add_argument("--log-every", dest="log_every_s", type=_number, metavar="S",
-                     help="progress line every S seconds (0: never; default 5)")
+                     help="progress line every S seconds (0: never)")
     parser.add_argument("--io-nice", dest="io_nice", type=int, metavar="N",
                         help="nice value 0-19 of the reader and writer threads, so inference keeps the CPU first "
-                             "(Linux; default 19, 0: same priority as inference)")
+                             "(Linux; 0: same priority as inference)")
+
+
+def help_defaults_detect() -> dict:
+    """The effective defaults shown by ``patchdet detect --help`` (``DetectConfig``'s)."""
+    from patchdet.runtime.config import field_defaults
+    from patchdet.runtime.run import DetectConfig
+
+    return field_defaults(DetectConfig)
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -82,7 +94,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",
-            "save_video", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
+            "save_video", "save_images", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
     cfg = load_detect_config(args.config, **{k: getattr(args, k, None) for k in keys})
     summary = detect(cfg)
     json.dump(summary, sys.stdout, indent=2)
@@ -102,9 +114,9 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
                      help="threshold this fraction above the plate's highest tile score (default 0.1)")
     bg = parser.add_argument_group("background footage (no target in it)")
     bg.add_argument("--background", metavar="SRC", help="video, image folder, glob or stream without any target")
-    bg.add_argument("--false-alarms", type=_number, metavar="R", help="alarms allowed per --per (default 0: "
+    bg.add_argument("--false-alarms", type=_number, metavar="R", help="alarms allowed per --per (0: "
                     "silence every background patch)")
-    bg.add_argument("--per", choices=("frame", "hour"), help="unit of --false-alarms (default: frame)")
+    bg.add_argument("--per", choices=("frame", "hour"), help="unit of --false-alarms")
     bg.add_argument("--fps", type=_number, help="frame rate of the footage, for --per hour when the source has none")
     bg.add_argument("--max-frames", type=int, metavar="N", help="use at most N frames")
     bg.add_argument("--vid-stride", type=int, metavar="N", help="use every N-th frame")
@@ -119,6 +131,14 @@ def configure_calibrate(parser: argparse.ArgumentParser) -> None:
                      help="calibrated card copy (default: ./<model>.calibrated.card.json); use it with "
                           "patchdet detect --card JSON")
     out.add_argument("--report", metavar="JSON", help="calibration report")
+
+
+def help_defaults_calibrate() -> dict:
+    """The effective defaults shown by ``patchdet calibrate --help`` (``CalibrateConfig``'s)."""
+    from patchdet.runtime.calibrate import CalibrateConfig
+    from patchdet.runtime.config import field_defaults
+
+    return field_defaults(CalibrateConfig)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -194,3 +194,14 @@ def parse_key_values(items: list[str] | None) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         result[key.strip()] = yaml.safe_load(raw)
     return result
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Each field's default value (factories called), e.g. for the ``(default: ...)`` of ``--help``."""
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from patchdet.runtime import capture
+from patchdet.runtime.stats import FpsMonitor
 from patchdet.runtime.streams import Frame, FrameSource, SourceSpec, StreamOptions
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class LiveSource(FrameSource):
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 and np.isfinite(fps) else None
         self._pace_fps = self.fps if spec.kind == "video" else None
+        self._arrivals = FpsMonitor(window=300)  # what the source really delivers, vs its nominal fps
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._ended = False
@@ -111,6 +113,7 @@ class LiveSource(FrameSource):
                     self._release()
                     continue
                 index += 1
+                self._arrivals.tick()
                 if not capture.valid_image(image):
                     self.counters.corrupt_frames += 1
                     continue
@@ -164,6 +167,12 @@ class LiveSource(FrameSource):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+    @property
+    def measured_fps(self) -> float | None:
+        """Frames per second the source delivered over its last 300 frames (``None`` before two)."""
+        fps = self._arrivals.fps
+        return fps if fps > 0 else None
 
     # -- consumer side -------------------------------------------------------
     def _next_frame(self) -> Frame | None:

@@ -214,7 +214,9 @@ class Pipeline:
                 self.frame_wh = prepared.frame_wh
                 result.frame, result.latency_ms = frame, dict(latency)
                 start = time.perf_counter()
-                self.sinks.write(result, caption=f"{stats.fps_monitor.fps:.1f} fps")
+                # The run's frame rate (the log's and the summary's figure); meaningless on still photos.
+                caption = "" if source.stills or stats.frames == 0 else f"{stats.fps:.1f} fps"
+                self.sinks.write(result, caption=caption)
                 latency["write"] = (time.perf_counter() - start) * 1000.0
                 stats.frame_done(len(result.detections), latency)
                 if stats.due(self.log_every_s):

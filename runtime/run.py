@@ -25,9 +25,17 @@ from patchdet.runtime.atomic import atomic_write_json, check_replaceable
 from patchdet.runtime.builtin import builtin_clip
 from patchdet.runtime.loop import IO_NICE, Pipeline, opencv_threads
 from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
-from patchdet.runtime.sinks import CropSink, DisplaySink, JsonlSink, SinkSet, VideoSink, check_video_path
+from patchdet.runtime.sinks import (
+    CropSink,
+    DisplaySink,
+    ImageSink,
+    JsonlSink,
+    SinkSet,
+    VideoSink,
+    check_video_path,
+)
 from patchdet.runtime.stats import RunStats
-from patchdet.runtime.streams import StreamOptions, open_source
+from patchdet.runtime.streams import StreamOptions, open_source, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,10 @@ class DetectConfig(DetectorSettings):
         drop_frames: Keep only the newest frame (``None``: live sources yes, files no).
         reconnect_timeout_s: End a live stream after a gap this long (``None``: keep retrying).
         jsonl: Write detections as JSON Lines here.
-        save_video: Write the annotated video here (``.mp4``/``.mkv``/``.mov``: mp4v, ``.avi``: MJPG).
+        save_video: Write the annotated video here (``.mp4``/``.mkv``/``.mov``: mp4v, ``.avi``: MJPG);
+            video and stream sources only (photos: ``save_images``).
+        save_images: Write one annotated image per frame into this folder (photos keep their
+            name and size; ``runtime.sinks.ImageSink``).
         summary: Write the run summary JSON here.
         crops: Save each detection's crop in this folder.
         show: Show a window (needs a GUI build of OpenCV); ``q`` stops.
@@ -64,6 +75,7 @@ class DetectConfig(DetectorSettings):
     reconnect_timeout_s: float | None = None
     jsonl: str | None = None
     save_video: str | None = None
+    save_images: str | None = None
     summary: str | None = None
     crops: str | None = None
     show: bool = False
@@ -103,8 +115,9 @@ def config_path_for(cfg: DetectConfig) -> Path | None:
         if value and not _is_special_file(Path(value)):  # never a side file beside /dev/stdout or a device
             path = Path(value)
             return path.with_name(path.stem + ".config.yaml")
-    if cfg.crops:
-        return Path(cfg.crops) / "detect.config.yaml"
+    for folder in (cfg.save_images, cfg.crops):
+        if folder:
+            return Path(folder) / "detect.config.yaml"
     return None
 
 
@@ -115,14 +128,29 @@ def _is_special_file(path: Path) -> bool:
         return False
 
 
-def build_sinks(cfg: DetectConfig, class_names: tuple[str, ...], fps: float | None, threshold: float = 0.0) -> SinkSet:
+def video_timing(source: Any, vid_stride: int = 1) -> tuple[float | None, bool]:
+    """(container fps, timed) of the annotated video, so that it plays at the source's real speed.
+
+    A file's frames are handed out one in ``vid_stride``: the container gets the file's rate divided by it.
+    A live source delivers what it can and the loop processes what it can: the frames are placed by their
+    timestamps in a container at the stream's nominal rate (``VideoSink(timed=True)``).
+    """
+    if source.live:
+        return source.fps, True
+    return (source.fps / vid_stride if source.fps else None), False
+
+
+def build_sinks(cfg: DetectConfig, class_names: tuple[str, ...], fps: float | None, threshold: float = 0.0,
+                timed: bool = False) -> SinkSet:
     """All the sinks a config asks for (none is fine: the summary still counts)."""
     sinks: list[Any] = []
     try:
         if cfg.jsonl:
             sinks.append(JsonlSink(cfg.jsonl, class_names))
         if cfg.save_video:
-            sinks.append(VideoSink(cfg.save_video, fps))
+            sinks.append(VideoSink(cfg.save_video, fps, timed=timed))
+        if cfg.save_images:
+            sinks.append(ImageSink(cfg.save_images))
         if cfg.crops:
             sinks.append(CropSink(cfg.crops, class_names))
         if cfg.show:
@@ -157,6 +185,9 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
     for output in (cfg.summary, cfg.save_video):  # replaced by rename at the end: refuse before the run
         if output:
             check_replaceable(output)
+    if cfg.save_video and parse_source(source_text).kind in ("image", "images"):
+        raise ValueError(f"--save-video {cfg.save_video} needs a video or a stream, but source {source_text} is "
+                         "photos: use --save-images DIR for one annotated image per photo (same name and size)")
     detector = load_detector(cfg)
     options = StreamOptions(vid_stride=cfg.vid_stride, max_fps=cfg.max_fps, drop_frames=cfg.drop_frames,
                             reconnect_timeout_s=cfg.reconnect_timeout_s)
@@ -166,8 +197,9 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
     # OpenCV single-threaded unless it is the inference engine (see runtime.loop.opencv_threads).
     cv_threads = None if detector.backend_name == "opencv" else 1
     with opencv_threads(cv_threads), open_source(source_text, options) as source:
-        log.info("source %s (%s%s)", source_text, "live" if source.live else "file",
-                 f", {source.fps:.2f} fps" if source.fps else "")
+        kind = "photos" if source.stills else "live" if source.live else "file"
+        log.info("source %s (%s%s)", source_text, kind,
+                 f", nominal {source.fps:.2f} fps" if source.fps and not source.stills else "")
         resolved = dataclasses.replace(
             cfg, model=str(detector.artifact), source=source_text, threshold=detector.threshold,
             tile=detector.tiling.tile_wh[0], stride=detector.tiling.stride_wh[0], scales=detector.tiling.scales,
@@ -179,7 +211,8 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
 
             write_config(resolved, config_path)
         stats = RunStats()
-        sinks = build_sinks(cfg, detector.card.class_names, source.fps, detector.threshold)
+        video_fps, timed = video_timing(source, cfg.vid_stride)
+        sinks = build_sinks(cfg, detector.card.class_names, video_fps, detector.threshold, timed)
         pipeline = Pipeline(detector, source, sinks, stats, max_frames=cfg.max_frames, queue_size=cfg.queue_size,
                             log_every_s=cfg.log_every_s, io_nice=cfg.io_nice)
         try:
@@ -201,7 +234,10 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
         threshold=detector.threshold,
         tiling=detector.describe()["tiling"],
         frame_wh=list(pipeline.frame_wh) if pipeline.frame_wh else None,
-        outputs={k: v for k, v in (("jsonl", cfg.jsonl), ("video", cfg.save_video), ("crops", cfg.crops),
+        source_fps=round(source.measured_fps, 3) if source.measured_fps else source.fps,
+        source_fps_nominal=source.fps,
+        outputs={k: v for k, v in (("jsonl", cfg.jsonl), ("video", cfg.save_video), ("images", cfg.save_images),
+                                   ("crops", cfg.crops),
                                    ("config", str(config_path) if config_path else None)) if v},
     )
     log.info("%s", stats.log_line(counters.dropped_frames, counters.reconnects))

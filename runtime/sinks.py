@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
-from patchdet.runtime.atomic import check_replaceable, safe_file_stem
+from patchdet.runtime.atomic import atomic_output, check_replaceable, safe_file_stem
+from patchdet.runtime.drawing import annotate, heatmap_overlay
+
+__all__ = ["CropSink", "DisplaySink", "ImageSink", "JsonlSink", "SinkSet", "VideoSink", "annotate", "heatmap_overlay"]
 
 if TYPE_CHECKING:  # the sinks only read a FrameResult's fields
     from patchdet.runtime.detector import FrameResult
@@ -36,7 +39,6 @@ if TYPE_CHECKING:  # the sinks only read a FrameResult's fields
 log = logging.getLogger(__name__)
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
-_PALETTE = ((0, 200, 255), (255, 128, 0), (0, 220, 0), (220, 0, 220), (0, 0, 255), (255, 255, 0))
 
 
 class Sink(Protocol):
@@ -45,63 +47,6 @@ class Sink(Protocol):
     def write(self, record: FrameResult, annotated: np.ndarray | None) -> None: ...
 
     def close(self) -> None: ...
-
-
-# -- drawing -------------------------------------------------------------------
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, threshold: float = 0.0, alpha: float = 0.4) -> np.ndarray:
-    """Blend a score map onto a frame with the JET colour map.
-
-    Args:
-        image: uint8 BGR [H, W, 3].
-        heatmap: float [h, w] scores covering the whole frame; resized to [H, W].
-        threshold: Scores are scaled to ``[0, max(2 * threshold, max score)]`` so the
-            threshold sits mid-scale when it is set.
-        alpha: Weight of the colours.
-
-    Returns:
-        uint8 BGR [H, W, 3], a new array.
-    """
-    h, w = image.shape[:2]
-    scores = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if scores.ndim != 2 or scores.size == 0:
-        return image.copy()
-    top = max(float(scores.max()), 2.0 * float(threshold), 1e-6)
-    levels = np.clip(scores / top * 255.0, 0, 255).astype(np.uint8)
-    levels = cv2.resize(levels, (w, h), interpolation=cv2.INTER_LINEAR)
-    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
-    return cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
-
-
-def annotate(
-    image: np.ndarray,
-    detections: Any,
-    class_names: tuple[str, ...] | list[str] = (),
-    heatmap: np.ndarray | None = None,
-    threshold: float = 0.0,
-    caption: str = "",
-) -> np.ndarray:
-    """Draw boxes with ``class score`` labels (and optionally the heatmap) on a copy of ``image``."""
-    canvas = heatmap_overlay(image, heatmap, threshold) if heatmap is not None else image.copy()
-    h, w = canvas.shape[:2]
-    thickness = max(1, round(min(h, w) / 360))
-    scale = max(0.4, min(h, w) / 900)
-    xyxy = np.asarray(detections.xyxy, dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(detections.score, dtype=np.float32).reshape(-1)
-    class_ids = np.asarray(detections.class_id).reshape(-1)
-    for (x0, y0, x1, y1), score, class_id in zip(xyxy, scores, class_ids, strict=True):
-        colour = _PALETTE[int(class_id) % len(_PALETTE)]
-        p0, p1 = (int(round(x0)), int(round(y0))), (int(round(x1)) - 1, int(round(y1)) - 1)
-        cv2.rectangle(canvas, p0, p1, colour, thickness)
-        name = class_names[int(class_id)] if 0 <= int(class_id) < len(class_names) else str(int(class_id))
-        label = f"{name} {score:.2f}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        ty = max(p0[1], th + base)
-        cv2.rectangle(canvas, (p0[0], ty - th - base), (p0[0] + tw, ty), colour, -1)
-        cv2.putText(canvas, label, (p0[0], ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness)
-    if caption:
-        cv2.putText(canvas, caption, (8, 8 + int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    thickness + 1)  # fmt: skip
-    return canvas
 
 
 def detections_to_json(record: FrameResult, class_names: tuple[str, ...] | list[str] = ()) -> dict:
@@ -145,12 +90,18 @@ class VideoSink:
 
     Args:
         path: Output file; the suffix picks the codec (see ``VIDEO_CODECS``).
-        fps: Frame rate written in the container.
+        fps: Frame rate written in the container: the rate of the frames handed to the sink
+            (a file's rate divided by ``vid_stride``), or with ``timed`` the stream's nominal rate.
+        timed: Place frames by their timestamps (live sources): a frame is repeated until the next
+            one is due, so a stream processed at 5 frames/s plays at its real speed in a 25 fps
+            container instead of 5x too fast. A gap longer than ``MAX_GAP_S`` (a reconnect) is
+            shortened to it.
     """
 
     wants_annotated = True
+    MAX_GAP_S = 2.0
 
-    def __init__(self, path: str | os.PathLike[str], fps: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], fps: float | None = None, timed: bool = False) -> None:
         self.path = check_replaceable(check_video_path(path))
         check_replaceable(partial_path(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +112,11 @@ class VideoSink:
         self._tmp = partial_path(self.path)
         self._writer: cv2.VideoWriter | None = None
         self._frame_wh: tuple[int, int] | None = None
-        self.frames = 0
+        self.timed = timed
+        self._timeline_s = 0.0  # video time of the last frame written (timed mode)
+        self._last_timestamp: float | None = None
+        self.frames = 0  # frames in the container (repeats included)
+        self.records = 0  # frames handed to the sink
         self._closed = False
 
     def _open(self, frame_wh: tuple[int, int]) -> None:
@@ -179,10 +134,23 @@ class VideoSink:
         wh = (image.shape[1], image.shape[0])
         if self._writer is None:
             self._open(wh)
-        elif wh != self._frame_wh:  # image folders: one video needs one size
+        elif wh != self._frame_wh:  # one video needs one size
             image = cv2.resize(image, self._frame_wh, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
-        self.frames += 1
+        for _ in range(self._copies(record)):
+            self._writer.write(image)
+            self.frames += 1
+        self.records += 1
+
+    def _copies(self, record: FrameResult) -> int:
+        """How many times to write this frame: 1, or in timed mode as many as keep the timeline real."""
+        timestamp = getattr(record.frame, "timestamp", None) if record.frame is not None else None
+        if not self.timed or timestamp is None:
+            return 1
+        if self._last_timestamp is not None:
+            self._timeline_s += min(max(0.0, float(timestamp) - self._last_timestamp), self.MAX_GAP_S)
+        self._last_timestamp = float(timestamp)
+        due = int(round(self._timeline_s * self.fps)) + 1  # container frames that should exist after this one
+        return max(0, due - self.frames)
 
     def close(self) -> None:
         if self._closed:
@@ -194,7 +162,8 @@ class VideoSink:
             return
         writer.release()
         os.replace(self._tmp, check_replaceable(self.path))
-        log.info("wrote %d frames to %s", self.frames, self.path)
+        log.info("wrote %d frames to %s (%.3g fps%s)", self.frames, self.path, self.fps,
+                 f", {self.records} processed frames placed by their timestamps" if self.timed else "")
 
 
 class JsonlSink:
@@ -222,8 +191,58 @@ class JsonlSink:
             fh.close()
 
 
+class ImageSink:
+    """One annotated image per frame in a folder (``--save-images``): photos keep their name, size and format.
+
+    A frame from an image source is written as ``DIR/<its file name>``; other frames as
+    ``DIR/frame_000123.jpg``. Two photos with the same name (a recursive glob) get the frame index
+    appended to the second. Each file is written atomically; a source photo is never overwritten
+    (pointing ``DIR`` at the input folder is refused).
+    """
+
+    wants_annotated = True
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OSError(f"cannot write images to {self.folder}: it is a file, expected a folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.saved = 0
+        self._names: set[str] = set()
+
+    def _target(self, record: FrameResult) -> Path:
+        source = Path(record.frame.name) if record.frame.name else None
+        name = source.name if source is not None else f"frame_{record.frame.index:06d}.jpg"
+        if name in self._names:
+            name = f"{Path(name).stem}_{record.frame.index}{Path(name).suffix}"
+        target = self.folder / name
+        if source is not None and target.exists() and target.resolve() == source.resolve():
+            raise OSError(f"--save-images {self.folder} would overwrite the source photo {source}: "
+                          "expected a different folder")
+        return target
+
+    def write(self, record: FrameResult, annotated: np.ndarray | None) -> None:
+        image = annotated if annotated is not None else record.frame.image
+        target = self._target(record)
+        ok, data = cv2.imencode(target.suffix.lower() or ".jpg", image)
+        if not ok:
+            raise OSError(f"cannot encode {target.name} as {target.suffix or '.jpg'}")
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(data.tobytes())
+        self._names.add(target.name)
+        self.saved += 1
+
+    def close(self) -> None:
+        if self.saved:
+            log.info("wrote %d annotated images to %s", self.saved, self.folder)
+
+
 class CropSink:
-    """Saves each detection's box as ``f{frame:06d}_{k:02d}_{class}_{score}.jpg`` in a folder."""
+    """Saves each detection's box as ``{source}_{k:02d}_{class}_{score}.jpg`` in a folder.
+
+    ``{source}`` is the photo's file stem for image sources (``IMG_0412_00_car_1.53.jpg``),
+    else ``f{frame:06d}``.
+    """
 
     wants_annotated = False
 
@@ -250,7 +269,8 @@ class CropSink:
                 continue
             cid = int(class_id)
             name = safe_file_stem(self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid))
-            out = self.folder / f"f{record.frame.index:06d}_{k:02d}_{name}_{float(score):.2f}.jpg"
+            prefix = safe_file_stem(Path(record.frame.name).stem) if record.frame.name else f"f{record.frame.index:06d}"
+            out = self.folder / f"{prefix}_{k:02d}_{name}_{float(score):.2f}.jpg"
             if cv2.imwrite(str(out), image[y0:y1, x0:x1]):
                 self.saved += 1
             else:

@@ -1,10 +1,19 @@
 """Live statistics of a detection run: frame rate, per-stage latency, counters.
 
-Memory stays flat however long the run: the frame-rate window is a
-``deque(maxlen)`` of ``time.monotonic()`` stamps and each stage keeps its
-latest ``window`` samples in a preallocated float32 ring buffer, so medians
-and p90s in the summary describe the last ``window`` frames (all of them for
-runs shorter than that).
+One definition of a run's frame rate, used by the progress log line, the
+summary and the video overlay: ``RunStats.fps`` = frames finished / seconds
+from the start of the first timed inference (after the model's warm-up) to
+the last finished frame. Model loading and warm-up are not in it (they are in
+the summary's ``seconds``); every frame's whole path (decode, tile, infer,
+decide, draw, write) is.
+
+``FpsMonitor`` measures a different thing: how fast frames *arrive* from a
+live source (what the camera really sends, which a stream's nominal rate
+often is not). Memory stays flat however long the run: its window is a
+``deque(maxlen)`` of ``time.monotonic()`` stamps, and each stage keeps its
+latest ``window`` latency samples in a preallocated float32 ring buffer, so
+medians and p90s in the summary describe the last ``window`` frames (all of
+them for runs shorter than that).
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ STAGES = ("decode", "tile", "infer", "decide", "write")
 
 
 class FpsMonitor:
-    """Frames per second over the last ``window`` frames (supervision's FPSMonitor idea)."""
+    """Events per second over the last ``window`` events (supervision's FPSMonitor idea).
+
+    Used for the arrival rate of a live source's frames (``source_fps`` in the summary).
+    """
 
     def __init__(self, window: int = 60) -> None:
         if window < 2:
@@ -93,25 +105,23 @@ class RunStats:
     from it at report time; the rest is counted here by the pipeline.
     """
 
-    def __init__(self, fps_window: int = 60, latency_window: int = 8192) -> None:
-        self.fps_monitor = FpsMonitor(fps_window)
+    def __init__(self, latency_window: int = 8192) -> None:
         self.latency = LatencyTracker(window=latency_window)
         self.frames = 0
         self.detections = 0
         self.frames_with_detections = 0
         self._started: float | None = None
         self._finished: float | None = None
-        self._first_done: float | None = None
         self._first_infer: float | None = None
         self._last_done: float | None = None
         self._last_log = 0.0
 
-    def start(self) -> None:
-        self._started = time.monotonic()
+    def start(self, now: float | None = None) -> None:
+        self._started = time.monotonic() if now is None else now
         self._last_log = self._started
 
-    def stop(self) -> None:
-        self._finished = time.monotonic()
+    def stop(self, now: float | None = None) -> None:
+        self._finished = time.monotonic() if now is None else now
 
     @property
     def seconds(self) -> float:
@@ -120,43 +130,38 @@ class RunStats:
         end = self._finished if self._finished is not None else time.monotonic()
         return end - self._started
 
-    def inference_started(self) -> None:
+    def inference_started(self, now: float | None = None) -> None:
         """Mark the start of the first timed inference (after the warm-up); later calls are ignored."""
         if self._first_infer is None:
-            self._first_infer = time.monotonic()
+            self._first_infer = time.monotonic() if now is None else now
 
-    def frame_done(self, detections: int, latency_ms: dict[str, float]) -> None:
+    def frame_done(self, detections: int, latency_ms: dict[str, float], now: float | None = None) -> None:
         """Record one finished frame: its detection count and its stage latencies."""
-        now = time.monotonic()
-        if self._first_done is None:
-            self._first_done = now
+        now = time.monotonic() if now is None else now
+        if self._first_infer is None:  # frames fed without inference_started: count from the first one
+            self._first_infer = now
         self._last_done = now
         self.frames += 1
         self.detections += int(detections)
         self.frames_with_detections += int(detections > 0)
         for stage, ms in latency_ms.items():
             self.latency.add(stage, ms)
-        self.fps_monitor.tick(now)
 
     @property
-    def steady_fps(self) -> float:
-        """Frames per second once the model is warm: frames / (last finished frame - first timed inference).
+    def fps(self) -> float:
+        """The run's frame rate: frames finished / (last finished frame - start of the first timed inference).
 
-        Counted from the start of the first inference, not from the first
-        finished frame: a writer that lags behind at the start and drains its
-        queue at the end would otherwise squeeze the run into a shorter span
-        and overstate the rate (by up to the queue length over a short run).
-        The span includes one frame's drawing and writing, so the figure errs
-        low. Without :meth:`inference_started` it counts from the first
-        finished frame.
+        Counted from the start of the first inference, not between finished
+        frames: a writer that lags behind at the start and drains its queue at
+        the end would otherwise squeeze frames into a shorter span and
+        overstate the rate (two frames of 179 ms each once read as 97.6 fps).
+        The model's loading and warm-up are excluded; the span includes the
+        last frame's drawing and writing. 0.0 before the first frame.
         """
-        if self.frames < 1 or self._last_done is None:
+        if self.frames < 1 or self._last_done is None or self._first_infer is None:
             return 0.0
-        if self._first_infer is not None and self._last_done > self._first_infer:
-            return self.frames / (self._last_done - self._first_infer)
-        if self.frames < 2 or self._last_done == self._first_done:
-            return 0.0
-        return (self.frames - 1) / (self._last_done - self._first_done)
+        span = self._last_done - self._first_infer
+        return self.frames / span if span > 0 else 0.0
 
     def due(self, every_s: float) -> bool:
         """True once every ``every_s`` seconds (for the periodic log line)."""
@@ -169,7 +174,7 @@ class RunStats:
     def log_line(self, dropped_frames: int = 0, reconnects: int = 0) -> str:
         infer = self.latency.summary("infer")
         return (
-            f"frames {self.frames} | {self.fps_monitor.fps:.1f} fps | infer {infer['median']:.1f} ms "
+            f"frames {self.frames} | {self.fps:.1f} fps | infer {infer['median']:.1f} ms "
             f"(p90 {infer['p90']:.1f}) | detections {self.detections} | dropped {dropped_frames}"
             + (f" | reconnects {reconnects}" if reconnects else "")
         )
@@ -177,16 +182,13 @@ class RunStats:
     def summary(self, **extra) -> dict:
         """The summary dict: ``frames``, ``seconds``, ``fps``, ``latency_ms``, ``detections`` plus ``extra``.
 
-        ``fps`` is frames / wall seconds of the whole run (model warm-up and
-        pipeline fill included); ``fps_steady`` counts from the first timed
-        inference to the last finished frame, the rate a long run settles at.
+        ``fps`` is :attr:`fps`, the figure the log line and the overlay show;
+        ``seconds`` is the wall time of the whole run, warm-up included.
         """
-        seconds = self.seconds
         return {
             "frames": self.frames,
-            "seconds": round(seconds, 3),
-            "fps": round(self.frames / seconds, 3) if seconds > 0 else 0.0,
-            "fps_steady": round(self.steady_fps, 3),
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 3),
             "latency_ms": self.latency.as_dict(),
             "detections": self.detections,
             "frames_with_detections": self.frames_with_detections,

@@ -176,11 +176,17 @@ class FrameSource:
     Attributes:
         name: What the user typed.
         live: True when frames may be dropped (newest frame wins).
-        fps: Native frame rate of the source when known, else ``None``.
+        stills: True for image files, folders and globs: every frame is its own photo.
+        fps: Native (nominal) frame rate of the source when known, else ``None``.
+        measured_fps: The rate frames really arrived at (live sources; ``None`` elsewhere):
+            an MJPEG camera sending 12 frames/s is often announced as 25.
         counters: Dropped / corrupt frames, reconnects and gaps so far.
     """
 
+    measured_fps: float | None = None
+
     live = False
+    stills = False
 
     def __init__(self, name: str, options: StreamOptions) -> None:
         self.name = name
@@ -330,6 +336,8 @@ class VideoFileSource(FrameSource):
 
 class ImageSource(FrameSource):
     """An image file, a folder of images or a glob, read in sorted order."""
+
+    stills = True
 
     def __init__(self, spec: SourceSpec, options: StreamOptions) -> None:
         super().__init__(str(spec.target), options)

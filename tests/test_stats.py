@@ -63,30 +63,35 @@ def test_run_summary_has_the_documented_keys():
     assert summary["latency_ms"]["infer"]["median"] == pytest.approx(2.0)
     assert summary["backend"] == "onnxruntime" and summary["seconds"] >= 0 and summary["fps"] >= 0
     assert "frames 3" in stats.log_line()
-    assert summary["fps_steady"] >= 0
 
 
-def test_steady_fps_counts_from_the_first_finished_frame(monkeypatch):
-    import patchdet.runtime.stats as stats_module
-
-    clock = iter([0.0, 10.0, 10.5, 11.0, 11.5])  # start, then four frames 0.5 s apart after a slow first one
-    monkeypatch.setattr(stats_module.time, "monotonic", lambda: next(clock))
-    stats = RunStats()
-    stats.start()
-    for _ in range(4):
-        stats.frame_done(0, {})
-    assert stats.steady_fps == pytest.approx(2.0)
-
-
-def test_steady_fps_counts_from_the_first_inference_so_a_draining_writer_does_not_inflate_it(monkeypatch):
-    import patchdet.runtime.stats as stats_module
-
+def test_fps_counts_from_the_first_inference_so_a_draining_writer_does_not_inflate_it():
     # inference starts at 1 s; the writer lags and finishes 4 frames at 5.0-5.3 s: 4 frames in 4.3 s, not 3 in 0.3 s
-    clock = iter([0.0, 1.0, 5.0, 5.1, 5.2, 5.3])
-    monkeypatch.setattr(stats_module.time, "monotonic", lambda: next(clock))
     stats = RunStats()
-    stats.start()
-    stats.inference_started()
-    for _ in range(4):
-        stats.frame_done(0, {})
-    assert stats.steady_fps == pytest.approx(4 / 4.3)
+    stats.start(now=0.0)
+    stats.inference_started(now=1.0)
+    for t in (5.0, 5.1, 5.2, 5.3):
+        stats.frame_done(0, {}, now=t)
+    assert stats.fps == pytest.approx(4 / 4.3)
+
+
+def test_two_slow_frames_are_not_reported_as_a_high_rate():
+    stats = RunStats()
+    stats.start(now=0.0)
+    stats.inference_started(now=0.5)  # after loading and warm-up
+    stats.frame_done(0, {"infer": 179.0}, now=0.5 + 0.179)
+    stats.frame_done(0, {"infer": 179.0}, now=0.5 + 0.358)
+    assert stats.fps == pytest.approx(2 / 0.358)
+
+
+def test_log_line_and_summary_report_the_same_fps():
+    stats = RunStats()
+    stats.start(now=0.0)
+    stats.inference_started(now=3.0)  # a slow model load: wall fps would be far lower
+    for i in range(10):
+        stats.frame_done(1, {}, now=3.0 + 0.1 * (i + 1))
+    stats.stop(now=4.2)
+    summary = stats.summary()
+    assert summary["fps"] == pytest.approx(10.0)
+    assert f"| {summary['fps']:.1f} fps |" in stats.log_line()
+    assert summary["seconds"] == pytest.approx(4.2)

@@ -29,7 +29,8 @@ MAX_FRAMES_PER_CONNECTION = 600  # bounds the test even if nothing else stops it
 class MjpegServer:
     """A restartable MJPEG-over-HTTP server on a fixed loopback port."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, frame_interval_s: float = 0.02) -> None:
+        self.frame_interval_s = frame_interval_s
         jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in moving_square_frames(16, (96, 64))]
         self.jpegs = jpegs
         self.sent = 0
@@ -57,7 +58,7 @@ class MjpegServer:
                     except OSError:
                         return
                     owner.sent += 1
-                    time.sleep(0.02)
+                    time.sleep(owner.frame_interval_s)
 
             def log_message(self, *args):
                 pass

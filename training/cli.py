@@ -34,7 +34,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.epilog = (
         "Example (the DisCNN paper's protocol on CIFAR-10): patchdet train --data cifar10/train "
         "--positive automobile --negatives bird,cat --arch discnn8 --epochs 12 --amp bf16 --out runs/car"
@@ -43,7 +42,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="ImageFolder tree (one folder per class) or torchvision:CIFAR10|STL10")
     data.add_argument("--val-data", help="validation ImageFolder tree (default: a held-out split of --data)")
-    data.add_argument("--val-fraction", type=float, help="held-out fraction when no --val-data (default 0.1)")
+    data.add_argument("--val-fraction", type=float, help="held-out fraction when no --val-data")
     data.add_argument("--positive", help="positive class name (DisCNN / N2O)")
     data.add_argument("--negatives", help="negative class names, comma separated (DisCNN / N2O)")
     data.add_argument("--classes", help="class names for multi-class heads (default: all class folders)")
@@ -54,26 +53,35 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--loss", choices=sorted(LOSS_HEADS), metavar="NAME",
                        help=f"loss, one of: {', '.join(sorted(LOSS_HEADS))} (default n2o; --list-losses gives heads)")
     model.add_argument("--loss-option", action="append", metavar="KEY=VALUE", help="loss option, repeatable")
-    model.add_argument("--latent-dim", type=int, help="latent dimension for POD/softmax heads")
+    model.add_argument("--latent-dim", type=int, help="latent dimension for POD/softmax heads (unset: Table III of the POD paper, "
+                       "256 for up to 30 classes)")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int)
-    opt.add_argument("--batch-size", type=int)
-    opt.add_argument("--lr", type=float)
-    opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--optimizer", choices=["adamw", "sgd"])
-    opt.add_argument("--scheduler", choices=["onecycle", "cosine", "constant"])
-    opt.add_argument("--seed", type=int)
+    opt.add_argument("--epochs", type=int, help="passes over the training data")
+    opt.add_argument("--batch-size", type=int, help="images per optimisation step")
+    opt.add_argument("--lr", type=float, help="peak learning rate (onecycle) or initial one (cosine, constant)")
+    opt.add_argument("--weight-decay", type=float, help="weight decay of the optimizer")
+    opt.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimizer")
+    opt.add_argument("--scheduler", choices=["onecycle", "cosine", "constant"], help="learning-rate schedule")
+    opt.add_argument("--seed", type=int, help="seed of the split, the initialisation and the data order")
     opt.add_argument("--threshold", type=float, help="decision threshold for validation and the model card")
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     run.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
                      help="mixed precision (auto: on for CUDA, off on CPU; bf16 is ~2x faster on AVX-512 CPUs)")
     run.add_argument("--workers", type=int, help="DataLoader worker processes")
-    run.add_argument("--threads", type=int, help="torch intra-op threads")
-    run.add_argument("--out", help="run folder (checkpoints, metrics, plots); default runs/train")
+    run.add_argument("--threads", type=int, help="torch intra-op threads (unset: torch's default)")
+    run.add_argument("--out", help="run folder (checkpoints, metrics, plots)")
     run.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from last.pt")
     parser.add_argument("--list-models", action="store_true", help="print registered architectures and exit")
     parser.add_argument("--list-losses", action="store_true", help="print known losses and exit")
+
+
+def help_defaults_train() -> dict:
+    """The effective defaults shown by ``patchdet train --help`` (``TrainConfig``'s, which ``config.yaml`` records)."""
+    from patchdet.runtime.config import field_defaults
+    from patchdet.training.config import TrainConfig
+
+    return field_defaults(TrainConfig)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -139,9 +147,9 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", "--negatives", dest="negative", help="negative classes, comma separated")
     parser.add_argument("--unseen", help="classes never seen in training, comma separated (Table 5)")
     parser.add_argument("--classes", help="classes for multi-class heads (default: the model's)")
-    parser.add_argument("--thresholds", default="0,1,2", help="thresholds to report (default 0,1,2)")
+    parser.add_argument("--thresholds", default="0,1,2", help="thresholds to report")
     parser.add_argument("--backend", default="auto", help="runtime backend for exported artifacts")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="patches per inference batch")
     parser.add_argument("--json", help="write the full report as JSON here")
     add_evaluate_detections_args(parser)
 
@@ -190,14 +198,14 @@ def configure_graft(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="trained DisCNN checkpoint or run folder")
     parser.add_argument("--data", required=True, help="ImageFolder tree holding the two classes")
     parser.add_argument("--classes", required=True, help="the two classes, e.g. automobile,bird")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-per-class", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of training the fresh FC layers")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per optimisation step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    parser.add_argument("--max-per-class", type=int, default=None, help="sub-sample at most this many images per class")
     parser.add_argument("--control", action="store_true",
                         help="also run the same with randomly initialised frozen conv layers, for comparison")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the initialisation")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto", help="mixed precision")
     parser.add_argument("--out", required=True, help="folder for the loss curve PNG and graft.json")
 
 

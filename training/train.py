@@ -255,7 +255,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_fn.train()
         task.begin_epoch(loss_fn, epoch)
         started = time.monotonic()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen, lr_used = 0.0, 0, optimizer.param_groups[0]["lr"]
         bar = progress(loader, desc=f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch)
         for step, (images, labels) in enumerate(bar):
             images = normalize_on_device(images.to(device, non_blocking=True), mean, std)
@@ -270,6 +270,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     f"is {last_path if last_path.exists() else 'none (first epoch)'}; try a lower --lr"
                 )
             optimizer.zero_grad(set_to_none=True)
+            lr_used = optimizer.param_groups[0]["lr"]  # this batch's lr (the scheduler steps to the next one below)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -282,7 +283,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             loss_sum += float(loss.detach()) * labels.shape[0]
             seen += labels.shape[0]
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr_used:.2e}")
         train_seconds = time.monotonic() - started
         task.epoch_end(loss_fn, {"model": model, "train_set": train_set, "device": device})
 
@@ -292,7 +293,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             continue
         outputs = collect_outputs(task, model, val_set, cfg.mean, cfg.std, device, autocast=autocast)
         metrics = task.metrics(outputs, val_set.labels.numpy())
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr_used,
                   "epoch_seconds": round(train_seconds, 2), "val": metrics}
         history.append(record)
         improved = metrics["val_metric"] > best_metric
@@ -374,7 +375,10 @@ def _check_resume_compatible(state: dict[str, Any], cfg: TrainConfig) -> None:
 def _make_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+        # OneCycle's last value (lr / 2.5e5) is where it ends, not a step worth training: with total_steps = the
+        # number of batches the last batch trained at 8e-9 (a 1-batch run did not train at all) and the step after
+        # it wrapped the lr up again. One step more, never taken, keeps every batch on the useful part of the cycle.
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total + 1, pct_start=0.15)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None

@@ -43,12 +43,12 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "patchdet.runtime.backends.tensorrt:TensorRtBackend",
 }
 
-# The Python package each backend needs, and the extra that installs it.
+# The Python package each backend needs, and the command that installs it.
 _REQUIRES: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "pip install onnxruntime  (part of the default install)"),
+    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
     "openvino": ("openvino", "pip install 'patchdet[openvino]'"),
-    "opencv": ("cv2", "pip install opencv-python-headless  (part of the default install)"),
-    "tensorrt": ("tensorrt", "pip install 'patchdet[tensorrt]'  (needs NVIDIA's TensorRT and a CUDA device)"),
+    "opencv": ("cv2", "pip install opencv-python-headless"),
+    "tensorrt": ("tensorrt", "pip install 'patchdet[tensorrt]'"),
 }
 
 # Which backends can read which artifact extensions.
@@ -65,7 +65,17 @@ class BackendError(RuntimeError):
 
 
 class MissingBackendError(BackendError, ModuleNotFoundError):
-    """The package a backend needs is not installed (message names the extra)."""
+    """The package a backend needs is not installed.
+
+    Attributes:
+        name: The missing Python package (as ``ModuleNotFoundError.name``), e.g. ``openvino``.
+        install: The command that installs it, e.g. ``pip install 'patchdet[openvino]'``.
+    """
+
+    def __init__(self, message: str, package: str, install: str) -> None:
+        super().__init__(message)
+        self.name = package
+        self.install = install
 
 
 class Backend(Protocol):
@@ -121,7 +131,9 @@ def require(name: str) -> None:
     """Raise :class:`MissingBackendError` naming the extra when backend ``name`` is not installed."""
     package, hint = _REQUIRES[name]
     if not is_installed(name):
-        raise MissingBackendError(f"backend {name!r} needs the Python package {package!r}, which is not installed: {hint}")
+        raise MissingBackendError(
+            f"backend {name!r} needs the Python package {package!r}, which is not installed: {hint}", package, hint
+        )
 
 
 def resolve_backend_name(path: str | Path, name: str = "auto") -> str:
@@ -157,7 +169,7 @@ def resolve_backend_name(path: str | Path, name: str = "auto") -> str:
             return "opencv"
         raise MissingBackendError(
             f"no backend can run {Path(path).name!r}: install onnxruntime (pip install onnxruntime) "
-            "or OpenVINO (pip install 'patchdet[openvino]')"
+            "or OpenVINO (pip install 'patchdet[openvino]')", "onnxruntime", "pip install onnxruntime"
         )
     raise ValueError(
         f"model file {str(path)!r} has an unknown extension {suffix or '(none)'!r}: "

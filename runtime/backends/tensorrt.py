@@ -105,7 +105,8 @@ def _cuda() -> _CudaPython | _PyCuda:
             continue
     raise MissingBackendError(
         "backend 'tensorrt' needs cuda-python or pycuda for device memory, neither is installed: "
-        "pip install 'patchdet[tensorrt]'"
+        "pip install 'patchdet[tensorrt]'",
+        "cuda-python", "pip install 'patchdet[tensorrt]'",
     )
 
 
