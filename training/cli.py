@@ -48,10 +48,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--classes", help="class names for multi-class heads (default: all class folders)")
     data.add_argument("--max-per-class", type=int, help="sub-sample at most this many images per class")
     model = parser.add_argument_group("model and loss")
-    model.add_argument("--arch", help="registered architecture (see --list-models); default discnn8")
-    model.add_argument("--input-size", type=int, help="square input side in pixels (default 96)")
+    model.add_argument("--arch", help="registered architecture (see --list-models)")
+    model.add_argument("--input-size", type=int, help="square input side in pixels")
     model.add_argument("--loss", choices=sorted(LOSS_HEADS), metavar="NAME",
-                       help=f"loss, one of: {', '.join(sorted(LOSS_HEADS))} (default n2o; --list-losses gives heads)")
+                       help=f"loss, one of: {', '.join(sorted(LOSS_HEADS))} (--list-losses gives heads)")
     model.add_argument("--loss-option", action="append", metavar="KEY=VALUE", help="loss option, repeatable")
     model.add_argument("--latent-dim", type=int, help="latent dimension for POD/softmax heads (unset: Table III of the POD paper, "
                        "256 for up to 30 classes)")
