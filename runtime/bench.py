@@ -138,7 +138,10 @@ def find_artifacts(models: tuple[str, ...]) -> list[Path]:
 
 def artifact_precision(card: Any) -> str:
     """``fp32``, ``fp16`` or ``int8`` from the card's export section (fp32 when it does not say)."""
-    text = str((card.export or {}).get("precision") or "fp32").lower() if getattr(card, "export", None) else "fp32"
+    export = getattr(card, "export", None) or {}
+    text = str(export.get("precision") or "fp32").lower()
+    if "int8" in text and str(export.get("activations", "")).startswith("uint8"):
+        return "int8-u8s8"  # unsigned activations (ONNX Runtime's fast CPU kernels)
     return "int8" if "int8" in text else text
 
 
@@ -257,7 +260,6 @@ def measure_row(artifact: Path, card: Any, variant: Variant, frame: str, tiling:
             from patchdet.runtime.motion import gated_agreement
 
             row["motion_gate"] = gated_agreement(detector, frames)
-            row["agreement"] = row["motion_gate"]["agreement"]
     except (RuntimeError, ValueError, OSError) as exc:  # engines raise their own RuntimeError subclasses
         row["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return row
@@ -358,6 +360,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     row.setdefault("agreement", None)
                     rows.append(row)
                     logger.info("  -> %s", bench_report.row_line(row))
+                    gated = row.pop("motion_gate", None)
+                    if gated is not None:  # its own row: frames/s with the gate, agreement with scoring every tile
+                        rows.append({**row, "tiling": f"{row['tiling']} motion-gate", "fps": gated["fps"],
+                                     "agreement": gated["agreement"], "motion_gate": gated, "floor_ms": None,
+                                     "overhead": None})
+                        logger.info("  -> motion gate %s", gated)
     report = {"format": "patchdet-bench", "version": 1, "machine": bench_report.machine_info(),
               "config": dataclasses.asdict(cfg), "rows": rows}
     if previous is not None:

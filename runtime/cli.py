@@ -71,6 +71,13 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--heatmap", action="store_true", default=None, help="blend the patch score heatmap in")
     out.add_argument("--log-every", dest="log_every_s", type=_number, metavar="S",
                      help="progress line every S seconds (0: never; default 5)")
+    gate = parser.add_argument_group("fixed cameras")
+    gate.add_argument("--motion-gate", action="store_true", default=None,
+                      help="re-score only tiles whose pixels changed since they were last scored")
+    gate.add_argument("--motion-threshold", type=_number, metavar="G",
+                      help="mean grey-level change that re-scores a tile (default 3)")
+    gate.add_argument("--motion-refresh", type=_positive_int, metavar="N",
+                      help="re-score every tile every N frames (default 50)")
     parser.add_argument("--io-nice", dest="io_nice", type=int, metavar="N",
                         help="nice value 0-19 of the reader and writer threads, so inference keeps the CPU first "
                              "(Linux; default 19, 0: same priority as inference)")
@@ -82,7 +89,8 @@ def run_detect(args: argparse.Namespace) -> int:
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",
-            "save_video", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
+            "save_video", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice", "motion_gate",
+            "motion_threshold", "motion_refresh")
     cfg = load_detect_config(args.config, **{k: getattr(args, k, None) for k in keys})
     summary = detect(cfg)
     json.dump(summary, sys.stdout, indent=2)

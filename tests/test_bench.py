@@ -139,3 +139,12 @@ def test_unwritable_output_and_bad_compare_file(tmp_path, model_and_clip, capsys
 
 def test_frame_names():
     assert frame_wh("1080p") == (1920, 1080) and frame_wh("4K") == (3840, 2160) and frame_wh("640x480") == (640, 480)
+
+
+def test_motion_gate_row_reports_agreement(tmp_path, model_and_clip):
+    model, clip = model_and_clip
+    report = _bench(tmp_path, [model], clip, motion_gate=True, floor=False)
+    plain, gated = report["rows"]
+    assert gated["tiling"] == plain["tiling"] + " motion-gate"
+    assert 0 <= gated["agreement"] <= 1 and gated["fps"] > 0 and gated["motion_gate"]["frames"] == 4
+    assert plain["agreement"] is None
