@@ -35,7 +35,8 @@ class BenchConfig:
     """What ``patchdet bench`` measures.
 
     Attributes:
-        models: Artifacts (with cards), export folders; empty: the built-in model.
+        models: Artifacts (with cards), export folders or checkpoints (exported first with ``patchdet export`` in
+            a child process when the export extra is installed); empty: the built-in model.
         out: Output folder for bench.json/csv/md/png (required: never a default inside the repo).
         frames: Frame sizes: ``720p``, ``1080p``, ``4k`` or ``WxH``.
         tilings: ``tiled`` (``tile`` every ``stride``), ``card`` (the card's own) or ``dense`` (a dense export).
@@ -115,8 +116,43 @@ def frame_wh(name: str) -> tuple[int, int]:
     raise ValueError(f"frame size {name!r} is invalid: expected 720p, 1080p, 4k or WxH such as 1920x1080")
 
 
-def find_artifacts(models: tuple[str, ...]) -> list[Path]:
-    """Artifact files from the command line: files as given, folders expanded to their artifacts; [] -> built-in."""
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def export_checkpoint(checkpoint: Path, out: Path, calib: str | None) -> Path:
+    """Export a checkpoint with ``patchdet export`` in a child process (the runtime never imports export/torch).
+
+    Formats: ONNX fp32 and, with OpenVINO installed, its IR; with calibration images (``--labelled``) also the
+    INT8 formats. Returns the export folder.
+
+    Raises:
+        ModuleNotFoundError: When the export extra (torch) is not installed.
+        OSError: When the export fails.
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModuleNotFoundError(f"timing checkpoint {checkpoint} needs it exported first, which needs the export "
+                                  "extra: pip install 'patchdet[export]' (or pass exported artifacts)", name="torch")
+    formats = ["onnx"] + (["onnx-int8-u8s8"] if calib else [])
+    if importlib.util.find_spec("openvino") is not None:
+        formats += ["openvino"] + (["openvino-int8"] if calib and importlib.util.find_spec("nncf") else [])
+    folder = out / "exports" / checkpoint.stem
+    command = [sys.executable, "-m", "patchdet", "-q", "export", str(checkpoint), "--formats", ",".join(formats),
+               "--out", str(folder)] + (["--calib", calib] if calib else [])
+    logger.info("exporting %s first: %s", checkpoint.name, " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OSError(f"cannot export checkpoint {checkpoint}: {tail}")
+    return folder
+
+
+def find_artifacts(models: tuple[str, ...], out: Path | None = None, calib: str | None = None) -> list[Path]:
+    """Artifact files from the command line: files as given, folders expanded to their artifacts, checkpoints
+    exported first into ``out/exports``; [] -> built-in."""
     from patchdet.runtime.builtin import builtin_model
 
     if not models:
@@ -124,8 +160,11 @@ def find_artifacts(models: tuple[str, ...]) -> list[Path]:
     found: list[Path] = []
     for text in models:
         path = Path(text).expanduser()
+        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            path = export_checkpoint(path, out or Path("."), calib)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in ARTIFACT_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in ARTIFACT_SUFFIXES and p.is_file()
+                            and not p.name.endswith(".fp32-source.onnx"))
             if not inside:
                 raise ValueError(f"folder {text} holds no artifact: expected .onnx, .xml or .engine files")
             found += inside
@@ -335,7 +374,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     out = bench_report.writable_folder(cfg.out)
     previous = bench_report.read_report(cfg.compare) if cfg.compare else None
-    artifacts = find_artifacts(cfg.models)
+    artifacts = find_artifacts(cfg.models, out, cfg.labelled)
     plans = []
     for artifact in artifacts:
         card = read_artifact_card(artifact)

@@ -149,3 +149,15 @@ def test_motion_gate_row_reports_agreement(tmp_path, model_and_clip):
     assert gated["tiling"] == plain["tiling"] + " motion-gate"
     assert 0 <= gated["agreement"] <= 1 and gated["fps"] > 0 and gated["motion_gate"]["frames"] == 4
     assert plain["agreement"] is None
+
+
+@pytest.mark.slow  # a child process imports torch and exports (about 10 s idle, minutes on a busy machine)
+def test_checkpoint_is_exported_first(tmp_path, model_and_clip):
+    pytest.importorskip("torch")
+    from tests.export_helpers import make_checkpoint
+
+    _, clip = model_and_clip
+    checkpoint = make_checkpoint(tmp_path / "tiny.pt")
+    report = _bench(tmp_path, [checkpoint], clip, floor=False)
+    assert [(r["artifact"], r["status"]) for r in report["rows"]] == [("tiny.onnx", "ok")]
+    assert (tmp_path / "out" / "exports" / "tiny" / "tiny.onnx").is_file()
