@@ -118,7 +118,7 @@ class Detector:
         if backend == "auto":  # the fastest engine that keeps the artifact's numerics (measured once per machine)
             from patchdet.runtime.backends.fastest import fastest_backend
 
-            backend, measured = fastest_backend(self.artifact, tuple(card.input_wh), threads)
+            backend, measured = fastest_backend(self.artifact, tuple(card.input_wh), threads, card.dense)
             options = {**measured, **options}
         self.backend = load_backend(self.artifact, backend, threads, **options)
         self.backend_name: str = self.backend.name

@@ -82,7 +82,7 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
     if backend == "auto":  # the fastest engine that keeps the artifact's numerics, measured once per machine
         from patchdet.runtime.backends.fastest import fastest_backend
 
-        backend, measured_options = fastest_backend(model, tuple(card.input_wh), settings.threads)
+        backend, measured_options = fastest_backend(model, tuple(card.input_wh), settings.threads, card.dense)
         options = {**measured_options, **options}
     # Spin-waiting ONNX Runtime threads starve the pipeline's reader and writer threads on a small CPU.
     if resolve_backend_name(model, backend) == "onnxruntime":

@@ -59,17 +59,19 @@ def _probe_ms(path: Path, name: str, options: dict[str, Any], threads: int | Non
     return float(np.median(times))
 
 
-def fastest_backend(path: str | Path, input_wh: tuple[int, int], threads: int | None = None
+def fastest_backend(path: str | Path, input_wh: tuple[int, int], threads: int | None = None, dense: bool = False
                     ) -> tuple[str, dict[str, Any]]:
-    """(backend name, backend options) of the fastest engine for an ``.onnx`` artifact on this machine.
+    """(backend name, backend options) of the fastest engine for an ``.onnx`` patch artifact on this machine.
 
-    Artifacts of other kinds, or a machine with one candidate installed, get the extension's usual engine
-    without any timing (``runtime.backends.resolve_backend_name``).
+    Artifacts of other kinds, dense exports (their input is a whole frame, not tiles), or a machine with one
+    candidate installed, get the extension's usual engine without any timing
+    (``runtime.backends.resolve_backend_name``).
     """
     from patchdet.runtime.backends import resolve_backend_name
 
     path = Path(path)
-    candidates = [(n, o) for n, o in ONNX_CANDIDATES if is_installed(n)] if path.suffix.lower() == ".onnx" else []
+    timed = path.suffix.lower() == ".onnx" and not dense
+    candidates = [(n, o) for n, o in ONNX_CANDIDATES if is_installed(n)] if timed else []
     if len(candidates) < 2:
         return resolve_backend_name(path, "auto"), {}
     key = _cache_key(path, threads)
@@ -86,8 +88,8 @@ def fastest_backend(path: str | Path, input_wh: tuple[int, int], threads: int | 
     for name, options in candidates:
         try:
             times[name] = round(_probe_ms(path, name, options, threads, input_wh), 3)
-        except BackendError as exc:
-            logger.info("backend auto: %s cannot run %s: %s", name, path.name, exc)
+        except (BackendError, RuntimeError, ValueError) as exc:  # engines raise their own RuntimeError kinds
+            logger.info("backend auto: %s cannot run %s: %s", name, path.name, str(exc).splitlines()[0])
     if not times:
         return resolve_backend_name(path, "auto"), {}
     best = min(times, key=times.get)
