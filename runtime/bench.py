@@ -403,7 +403,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     if gated is not None:  # its own row: frames/s with the gate, agreement with scoring every tile
                         rows.append({**row, "tiling": f"{row['tiling']} motion-gate", "fps": gated["fps"],
                                      "agreement": gated["agreement"], "motion_gate": gated, "floor_ms": None,
-                                     "overhead": None})
+                                     "overhead": None, "latency_ms": None, "tiles_per_s": None})
                         logger.info("  -> motion gate %s", gated)
     report = {"format": "patchdet-bench", "version": 1, "machine": bench_report.machine_info(),
               "config": dataclasses.asdict(cfg), "rows": rows}
