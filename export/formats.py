@@ -63,6 +63,8 @@ FORMATS: dict[str, FormatSpec] = {
                    "patchdet.export.onnx:build_onnx"),
         FormatSpec("onnx-int8", "_int8", ".onnx", "int8", "cpu", ("onnx", "onnxruntime"), "export", True,
                    "patchdet.export.onnx_int8:build_onnx_int8"),
+        FormatSpec("onnx-int8-u8s8", "_int8_u8s8", ".onnx", "int8", "cpu", ("onnx", "onnxruntime"), "export", True,
+                   "patchdet.export.onnx_int8:build_onnx_int8_u8s8"),
         FormatSpec("openvino", "_openvino", ".xml", "fp32", "cpu", ("openvino",), "openvino", False,
                    "patchdet.export.openvino:build_openvino"),
         FormatSpec("openvino-fp16", "_openvino_fp16", ".xml", "fp16", "cpu", ("openvino",), "openvino", False,

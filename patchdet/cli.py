@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("patchdet.export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("patchdet.runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
+    "bench": ("patchdet.runtime.cli", "time every backend x precision on an artifact, beside the engine's own floor"),
 }
 
 

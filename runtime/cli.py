@@ -75,6 +75,13 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--heatmap", action="store_true", default=None, help="blend the patch score heatmap in")
     out.add_argument("--log-every", dest="log_every_s", type=_number, metavar="S",
                      help="progress line every S seconds (0: never)")
+    gate = parser.add_argument_group("fixed cameras")
+    gate.add_argument("--motion-gate", action="store_true", default=None,
+                      help="re-score only tiles whose pixels changed since they were last scored")
+    gate.add_argument("--motion-threshold", type=_number, metavar="G",
+                      help="mean grey-level change that re-scores a tile")
+    gate.add_argument("--motion-refresh", type=_positive_int, metavar="N",
+                      help="re-score every tile every N frames")
     parser.add_argument("--io-nice", dest="io_nice", type=int, metavar="N",
                         help="nice value 0-19 of the reader and writer threads, so inference keeps the CPU first "
                              "(Linux; 0: same priority as inference)")
@@ -94,7 +101,8 @@ def run_detect(args: argparse.Namespace) -> int:
 
     keys = ("model", "card", "source", "backend", "threads", "threshold", "tile", "stride", "scales", "dense",
             "merge", "max_frames", "vid_stride", "max_fps", "drop_frames", "reconnect_timeout_s", "jsonl",
-            "save_video", "save_images", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice")
+            "save_video", "save_images", "summary", "crops", "show", "heatmap", "log_every_s", "io_nice", "motion_gate",
+            "motion_threshold", "motion_refresh")
     cfg = load_detect_config(args.config, **{k: getattr(args, k, None) for k in keys})
     summary = detect(cfg)
     json.dump(summary, sys.stdout, indent=2)
@@ -195,4 +203,67 @@ def run_evaluate_detections(args: argparse.Namespace) -> int:
           f"AP50 {fmt(report['ap50'])}, recall {fmt(report['recall'])}, precision {fmt(report['precision'])}, "
           f"false alarms/frame {fmt(report['false_alarms_per_frame'])}, "
           f"detections on car-free frames {report['empty_frame_detections']}, {fmt(report['fps'])} fps")
+
+
+def _fraction(text: str) -> float:
+    """``10%`` or ``0.1`` -> 0.1."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction: expected e.g. 10% or 0.1") from None
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``patchdet bench``."""
+    parser.epilog = ("Examples: patchdet bench --out bench/ ; patchdet bench exports/ --frames 720p,1080p,4k "
+                     "--labelled data/test --out bench/ ; patchdet bench model.onnx --out now/ --compare "
+                     "before/bench.json --tolerance 10%%  (exit 1 on a regression)")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="artifacts (.onnx/.xml/.engine with cards) or "
+                        "export folders (default: the built-in model)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for bench.json/csv/md/png")
+    parser.add_argument("--frames", metavar="F[,F...]", default="1080p", help="frame sizes: 720p, 1080p, 4k or WxH "
+                        "(default 1080p)")
+    parser.add_argument("--tilings", metavar="T[,T...]", default="tiled,card",
+                        help="tiled (--tile every --stride), card (the card's own), dense (default tiled,card)")
+    parser.add_argument("--tile", type=_positive_int, metavar="N", help="tile side for 'tiled' (default: model input)")
+    parser.add_argument("--stride", type=_positive_int, metavar="N", help="stride for 'tiled' (default: --tile)")
+    parser.add_argument("--backends", metavar="B[,B...]", help="only these backends (default: all that read the model)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads (default: engine's)")
+    parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed calls per row (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed calls first (default 3)")
+    parser.add_argument("--max-seconds", type=_number, default=10.0, metavar="S",
+                        help="time budget of one row's timed calls (default 10)")
+    parser.add_argument("--clip", metavar="VIDEO", help="frames to detect on (default: the built-in clip)")
+    parser.add_argument("--clip-frames", type=int, default=30, metavar="N", help="clip frames read (default 30)")
+    parser.add_argument("--labelled", metavar="DIR", help="ImageFolder of patches: F1 at the card threshold")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the engine-alone floor")
+    parser.add_argument("--motion-gate", action="store_true", help="also measure the motion-gated tile cache")
+    parser.add_argument("--compare", metavar="JSON", help="a previous bench.json: exit 1 on a regression")
+    parser.add_argument("--tolerance", type=_fraction, default=0.10, metavar="PCT",
+                        help="allowed slowdown for --compare (default 10%%)")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Build the ``BenchConfig`` and run ``run_bench``; prints the table; 1 on a --compare regression."""
+    from patchdet.runtime.bench import BenchConfig
+    from patchdet.runtime.bench import run_bench as bench
+    from patchdet.runtime.bench_report import markdown_table
+
+    def split(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+    cfg = BenchConfig(out=args.out, models=tuple(args.models), frames=split(args.frames) or (),
+                      tilings=split(args.tilings) or (), tile=args.tile, stride=args.stride,
+                      backends=split(args.backends), threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                      max_seconds=args.max_seconds, clip=args.clip, clip_frames=args.clip_frames,
+                      labelled=args.labelled, floor=args.floor, motion_gate=args.motion_gate, compare=args.compare,
+                      tolerance=args.tolerance)
+    report = bench(cfg)
+    sys.stdout.write(markdown_table(report["rows"]) + "\n")
+    comparison = report.get("comparison")
+    if comparison:
+        for line in comparison["notes"]:
+            sys.stdout.write(f"compare: {line}\n")
+        if comparison["regressions"] or not comparison["matched"]:
+            return 1
     return 0

@@ -79,7 +79,8 @@ class Detector:
 
     Args:
         model: Model file (``.onnx``, ``.xml``, ``.engine``) with its card; ``None``: the built-in car model.
-        backend: ``auto`` or a name from ``runtime.backends.list_backends()``.
+        backend: ``auto`` (for ``.onnx``: the fastest of ONNX Runtime and OpenVINO f32 on this machine,
+            ``runtime.backends.fastest``) or a name from ``runtime.backends.list_backends()``.
         threshold: A number, a card operating point name, or a dict class name -> number; None: the card's.
         tiling: Tiling and merging; None: the card's own (``runtime.tiling_config.tiling_for_card``).
         threads: CPU threads for inference (None: the backend's default).
@@ -114,7 +115,13 @@ class Detector:
         self.rule = decision_rule(card, threshold, norm_gate)
         self.pool = BufferPool() if reuse_buffers else None
         self.tiler = Tiler(card, self.tiling, self.pool)
-        self.backend = load_backend(self.artifact, backend, threads, **dict(backend_options or {}))
+        options = dict(backend_options or {})
+        if backend == "auto":  # the fastest engine that keeps the artifact's numerics (measured once per machine)
+            from patchdet.runtime.backends.fastest import fastest_backend
+
+            backend, measured = fastest_backend(self.artifact, tuple(card.input_wh), threads, card.dense)
+            options = {**measured, **options}
+        self.backend = load_backend(self.artifact, backend, threads, **options)
         self.backend_name: str = self.backend.name
         check_card_matches_model(card, getattr(self.backend, "input_shape", None), self.artifact)
         self.inference = BatchInference(self.backend, max_batch, self.pool)

@@ -65,6 +65,9 @@ class DetectConfig(DetectorSettings):
         io_nice: Nice value (0-19) of the reader and writer threads on Linux, so that
             decoding, tiling, drawing and encoding fill the CPU time inference leaves
             instead of preempting its threads (``runtime.loop``; 0: no change).
+        motion_gate: Re-score only tiles that changed since last scored (fixed cameras; ``runtime.motion``).
+        motion_threshold: Mean grey-level change of a tile that re-scores it.
+        motion_refresh: Re-score every tile every this many frames.
     """
 
     source: str | None = None
@@ -83,6 +86,9 @@ class DetectConfig(DetectorSettings):
     log_every_s: float = 5.0
     queue_size: int = 4
     io_nice: int = IO_NICE
+    motion_gate: bool = False
+    motion_threshold: float = 3.0
+    motion_refresh: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -189,6 +195,10 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
         raise ValueError(f"--save-video {cfg.save_video} needs a video or a stream, but source {source_text} is "
                          "photos: use --save-images DIR for one annotated image per photo (same name and size)")
     detector = load_detector(cfg)
+    if cfg.motion_gate:
+        from patchdet.runtime.motion import MotionGate, MotionGatedDetector
+
+        detector = MotionGatedDetector(detector, MotionGate(cfg.motion_threshold, cfg.motion_refresh))
     options = StreamOptions(vid_stride=cfg.vid_stride, max_fps=cfg.max_fps, drop_frames=cfg.drop_frames,
                             reconnect_timeout_s=cfg.reconnect_timeout_s)
     log.info("model %s (%s), backend %s, threshold %.4g, tiles %s stride %s scales %s%s", detector.artifact.name,

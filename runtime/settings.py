@@ -82,11 +82,17 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
     tiling = tiling_for_card(card, settings.tile, settings.stride, settings.scales, settings.dense or card.dense,
                              settings.merge)
     options = dict(detector_options.pop("backend_options", None) or {})
+    backend = settings.backend
+    if backend == "auto":  # the fastest engine that keeps the artifact's numerics, measured once per machine
+        from patchdet.runtime.backends.fastest import fastest_backend
+
+        backend, measured_options = fastest_backend(model, tuple(card.input_wh), settings.threads, card.dense)
+        options = {**measured_options, **options}
     # Spin-waiting ONNX Runtime threads starve the pipeline's reader and writer threads on a small CPU.
-    if resolve_backend_name(model, settings.backend) == "onnxruntime":
+    if resolve_backend_name(model, backend) == "onnxruntime":
         options.setdefault("spinning", False)
     try:
-        return Detector(model, backend=settings.backend, threshold=settings.threshold, tiling=tiling,
+        return Detector(model, backend=backend, threshold=settings.threshold, tiling=tiling,
                         threads=settings.threads, card=card, backend_options=options, **detector_options)
     except MissingBackendError:
         raise

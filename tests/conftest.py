@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# --backend auto caches its speed measurements; tests keep theirs out of the user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="patchdet-test-cache-")
 
 
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:

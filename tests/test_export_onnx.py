@@ -170,11 +170,30 @@ def test_openvino_formats_export_and_pass_parity(tmp_path, head):
     assert entries[1]["size_bytes"] < entries[0]["size_bytes"]
 
 
+def test_u8s8_int8_has_unsigned_activations_and_signed_weights(tmp_path):
+    from onnx import numpy_helper
+
+    entries = _export_all(tmp_path, ["onnx-int8", "onnx-int8-u8s8"])
+    assert [e["status"] for e in entries] == ["ok", "ok"], [e["reason"] for e in entries]
+    for entry, activation_dtype in zip(entries, (np.int8, np.uint8), strict=True):
+        model = onnx.load(entry["path"])
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        for conv in convs:
+            activation_dq = producers[conv.input[0]]
+            weight_dq = producers[conv.input[1]]
+            assert inits[activation_dq.input[2]].dtype == activation_dtype
+            assert inits[weight_dq.input[0]].dtype == np.int8 and not inits[weight_dq.input[2]].any()
+    card = read_card(card_path_for(entries[1]["path"]))
+    assert card.export["activations"].startswith("uint8") and card.parity["passed"]
+
+
 def test_every_format_is_in_the_table():
     table = format_table_markdown()
     for name, spec in FORMATS.items():
         assert f"`{name}`" in table
         assert spec.device in ("cpu", "gpu")
-    assert set(CPU_FORMATS) == {"onnx", "onnx-int8", "openvino", "openvino-fp16", "openvino-int8"}
+    assert set(CPU_FORMATS) == {"onnx", "onnx-int8", "onnx-int8-u8s8", "openvino", "openvino-fp16", "openvino-int8"}
     stems = [spec.stem_suffix for spec in FORMATS.values()]
     assert len(set(stems)) == len(stems)  # every artifact gets its own card file

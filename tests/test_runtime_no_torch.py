@@ -97,3 +97,33 @@ def test_patchdet_detect_help_without_torch():
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage:" in proc.stdout and "detect" in proc.stdout
+
+
+BENCH_CHILD = textwrap.dedent(
+    r"""
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "onnx"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from patchdet.cli import main
+    code = main(["bench", sys.argv[1], "--out", sys.argv[2], "--frames", "128x96", "--tilings", "tiled",
+                 "--backends", "onnxruntime", "--repeats", "3", "--warmup", "0", "--clip-frames", "2"])
+    assert not any(m.split(".")[0] == "torch" for m in sys.modules), "torch was imported"
+    raise SystemExit(code)
+    """
+)
+
+
+def test_patchdet_bench_without_torch(tmp_path):
+    model = write_model(tmp_path / "m.onnx", "modulus")
+    proc = subprocess.run([sys.executable, "-c", BENCH_CHILD, str(model), str(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]
+    assert [(r["backend"], r["status"]) for r in rows] == [("onnxruntime", "ok")]

@@ -13,7 +13,10 @@ from the artifact's extension or ``name`` (``onnxruntime``, ``openvino``,
 ``opencv``, ``tensorrt``); ``list_backends()`` names them and
 ``available_backends()`` says which are installed.
 
-``auto`` picks: ``.xml`` -> openvino, ``.engine``/``.plan`` -> tensorrt,
+``load_detector`` (``patchdet detect --backend auto``) measures which engine
+runs an ``.onnx`` artifact fastest on this machine with unchanged numerics
+(``runtime.backends.fastest``, cached per machine). Here ``auto`` picks by
+extension: ``.xml`` -> openvino, ``.engine``/``.plan`` -> tensorrt,
 ``.onnx`` -> onnxruntime (with its CUDA / TensorRT execution providers first
 when the build has them), else openvino when installed, else opencv. At fp32
 on the project's x86 CPU, onnxruntime was as fast as or faster than OpenVINO
