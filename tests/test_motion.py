@@ -10,7 +10,8 @@ import pytest
 from patchdet.runtime.detector import Detector
 from patchdet.runtime.motion import MotionGate, MotionGatedDetector, gated_agreement
 from patchdet.runtime.run import DetectConfig, detect
-from patchdet.runtime.tiling import TilingConfig, tile_grid
+from patchdet.runtime.tiling import tile_grid
+from patchdet.runtime.tiling_config import TilingConfig
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import moving_square_frames, write_video
 
