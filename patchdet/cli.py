@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("patchdet.export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("patchdet.runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
+    "serve": ("patchdet.runtime.cli", "run many cameras in one process: shared batched detector, events over MQTT, "
+              "metrics"),
 }
 
 
