@@ -87,5 +87,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _extra_hint(command: str | None) -> str:
-    extra = {"train": "train", "evaluate": "train", "graft": "train", "export": "export"}.get(command or "", "")
+    extra = {"train": "train", "evaluate": "train", "graft": "train", "export": "export", "serve": "serve"}.get(command or "", "")
     return f"install it with: pip install 'patchdet[{extra}]'" if extra else "install the missing package"
