@@ -212,3 +212,41 @@ def test_cli_serves_two_files_until_they_end(tmp_path, model, video, capsys):
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] == 24 and summary["cameras"]["a"]["state"] == "ended" and summary["healthy"]
     assert summary["models"]["bright.onnx"]["frames"] == 24
+
+
+def test_webhook_posts_events_and_retries_after_a_failure():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from patchdet.runtime.event_sinks import WebhookSink
+    from patchdet.runtime.service_config import WebhookConfig
+
+    received, calls = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append(body)
+            ok = len(calls) > 1  # the first post fails: the sink must retry it
+            if ok:
+                received.append(body)
+            self.send_response(200 if ok else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = WebhookSink(WebhookConfig(url=f"http://127.0.0.1:{server.server_address[1]}/hook", retry_s=0.1))
+    try:
+        sink.publish("cam", "status", {"state": "running"})  # status is not posted
+        for i in range(3):
+            sink.publish("cam", "events", {"id": i})
+        deadline = time.monotonic() + 20
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r["id"] for r in received] == [0, 1, 2] and sink.status()["failures"] == 1
+    finally:
+        sink.close(timeout_s=0)
+        server.shutdown()
