@@ -109,7 +109,8 @@ class CameraWorker:
                 logger.exception("camera %s: sink %s failed", self.config.name, sink.name)
 
     def _options(self) -> StreamOptions:
-        return StreamOptions(max_fps=self.config.max_fps, drop_frames=self.config.live)
+        return StreamOptions(vid_stride=self.config.vid_stride, max_fps=self.config.max_fps,
+                             drop_frames=self.config.live)
 
     def _run(self) -> None:
         stop = self.service.stop_event

@@ -44,6 +44,7 @@ class CameraConfig:
         live: Keep only the newest frame (``None``: live sources yes, files no; ``true`` plays a file in real time).
         loop: Start a video file again when it ends (demos and benchmarks).
         max_fps: Process at most this many frames per second.
+        vid_stride: Use every ``vid_stride``-th frame of the source.
     """
 
     name: str
@@ -55,6 +56,7 @@ class CameraConfig:
     live: bool | None = None
     loop: bool = False
     max_fps: float | None = None
+    vid_stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ def check_site(site: SiteConfig) -> None:
                 if len(polygon) < 3 or not all(math.isfinite(v) for point in polygon for v in point):
                     raise ValueError(f"camera {camera.name!r} {kind}[{j}] is invalid: expected at least 3 [x, y] "
                                      "points in frame pixels")
+        if camera.vid_stride < 1:
+            raise ValueError(f"camera {camera.name!r} vid_stride {camera.vid_stride} is invalid: expected >= 1")
         if camera.max_fps is not None and not camera.max_fps > 0:
             raise ValueError(f"camera {camera.name!r} max_fps {camera.max_fps!r} is invalid: expected > 0")
         settings = camera_settings(site, camera)
