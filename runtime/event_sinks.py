@@ -53,6 +53,8 @@ class MqttSink:
                               retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._unreachable_logged = False
         self._client.on_publish = self._on_publish
         self._mqtt = mqtt
         self._client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
@@ -69,13 +71,21 @@ class MqttSink:
             logger.warning("mqtt %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
             return
         self.connected = True
+        self._unreachable_logged = False
         logger.info("mqtt connected to %s:%d", self.config.host, self.config.port)
         self._send(f"{self.config.topic_prefix}/service/status", {"state": "online"}, retain=True)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._unreachable_logged:  # once per outage: paho retries every few seconds
+            self._unreachable_logged = True
+            logger.warning("mqtt broker %s:%d unreachable; retrying, queueing up to %d messages", self.config.host,
+                           self.config.port, self.config.queue_size)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected:
             logger.warning("mqtt lost %s:%d (%s); queueing up to %d messages", self.config.host, self.config.port,
                            reason_code, self.config.queue_size)
+            self._unreachable_logged = True
         self.connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:

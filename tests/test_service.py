@@ -250,3 +250,19 @@ def test_webhook_posts_events_and_retries_after_a_failure():
     finally:
         sink.close(timeout_s=0)
         server.shutdown()
+
+
+def test_unreachable_broker_queues_events_and_status_says_so(tmp_path, model, video, caplog):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_site(tmp_path, model, [{"name": "a", "source": str(video)}], mqtt={"port": port},
+                      events={"min_hits": 2, "window": 3, "end_after_s": 0.3})
+    with caplog.at_level("WARNING"):
+        summary = Service(load_site_config(path)).run()
+    mqtt = summary["sinks"]["mqtt"]
+    assert summary["events"] >= 1 and not mqtt["connected"] and mqtt["refused"] == 0
+    assert mqtt["queued"] >= 2 * summary["events"]  # start and end of each event, plus status messages
+    assert any("unreachable" in r.message and str(port) in r.message for r in caplog.records)
