@@ -69,6 +69,7 @@ class CameraWorker:
         self.ended = False
         self.frames = 0
         self.events = 0
+        self.detections = 0
         self.started_at = time.monotonic()
         self.last_frame_at: float | None = None
         self._fps_window: deque[float] = deque(maxlen=30)
@@ -127,9 +128,18 @@ class CameraWorker:
                 stop.wait(delay)
                 delay = min(delay * 2.0, OPEN_RETRY_MAX_S)
                 continue
+            try:
+                with source:
+                    finished = self._consume(source)
+            except Exception as exc:  # noqa: BLE001 - one camera's failure must not end the others
+                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                logger.exception("camera %s failed; restarting it in %.1f s", self.config.name, delay)
+                self._set_state("error", message)
+                self.ready.set()
+                stop.wait(delay)
+                delay = min(delay * 2.0, OPEN_RETRY_MAX_S)
+                continue
             delay = 0.5
-            with source:
-                finished = self._consume(source)
             if finished or not self.config.loop:
                 break
         self._finish()
@@ -171,6 +181,7 @@ class CameraWorker:
             m.frames.labels(name).inc()
             m.fps.labels(name).set(self.fps)
             m.detections.labels(name).inc(len(detections))
+            self.detections += len(detections)
             for stage, seconds in (("decode", frame.decode_ms / 1e3), ("preprocess", t1 - t0), ("infer", t2 - t1),
                                    ("postprocess", t3 - t2)):
                 m.latency.labels(name, stage).observe(seconds)
@@ -261,6 +272,7 @@ class Service:
         """``(healthy, status)``: unhealthy while a camera has been without frames longer than ``camera_down_s``."""
         limit = self.config.metrics.camera_down_s
         cameras = {c.config.name: {"state": c.state, "error": c.error, "frames": c.frames, "fps": round(c.fps, 2),
+                                   "detections": c.detections, "events": c.events,
                                    "down_s": round(c.down_s, 1)} for c in self.cameras}
         down = [name for name, c in zip(cameras, self.cameras, strict=True) if c.down_s > limit]
         sinks = {s.name: s.status() for s in self.sinks}

@@ -266,3 +266,18 @@ def test_unreachable_broker_queues_events_and_status_says_so(tmp_path, model, vi
     assert summary["events"] >= 1 and not mqtt["connected"] and mqtt["refused"] == 0
     assert mqtt["queued"] >= 2 * summary["events"]  # start and end of each event, plus status messages
     assert any("unreachable" in r.message and str(port) in r.message for r in caplog.records)
+
+
+def test_a_failing_camera_is_reported_and_restarted_while_the_others_run(tmp_path, model, video):
+    path = write_site(tmp_path, model, [{"name": "bad", "source": str(video), "loop": True},
+                                        {"name": "good", "source": str(video)}], duration_s=4)
+    service = Service(load_site_config(path))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    service.cameras[0].view.decide = broken
+    summary = service.run()
+    bad, good = summary["cameras"]["bad"], summary["cameras"]["good"]
+    assert bad["state"] == "error" and "decoder exploded" in bad["error"] and bad["frames"] == 0
+    assert good["frames"] == 12 and good["state"] == "ended"
