@@ -247,6 +247,9 @@ class Service:
                 key = model_key(settings)
                 if key not in self.models:
                     detector = load_detector(settings)
+                    # Memory planning on the first calls takes seconds: do it before the cameras start.
+                    w, h = detector.card.input_wh
+                    detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))
                     self.models[key] = SharedModel(detector, config.batch.max_tiles, config.batch.linger_ms)
                     logger.info("model %s on %s shared by the cameras that use it", detector.artifact.name,
                                 detector.backend_name)

@@ -124,11 +124,12 @@ class BatchConfig:
     """How the shared detector batches tiles of several cameras.
 
     Attributes:
-        max_tiles: Most tiles in one backend call.
+        max_tiles: Most tiles in one backend call. ONNX Runtime needs about 3 MB of activations per 96x96
+            DisCNN tile and is no faster per tile above 256 (``benchmarks/results/runtime_backends.md``).
         linger_ms: After the first request, wait this long for other cameras' frames to join the batch.
     """
 
-    max_tiles: int = 1024
+    max_tiles: int = 256
     linger_ms: float = 2.0
 
 
