@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,7 +82,14 @@ def run_separate(n: int, clip: str, port: int, seconds: float, work: Path) -> di
         proc.send_signal(signal.SIGINT)
     per_process = []
     for proc, summary, _ in procs:
-        proc.wait(60)
+        try:
+            proc.wait(180)  # it finishes the frames in flight and writes its summary
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if not summary.is_file():  # killed before it could say: count it as no frames
+            per_process.append(0.0)
+            continue
         data = json.loads(summary.read_text())
         per_process.append(data["frames"] / data["seconds"])
     return {"command": " ".join(procs[0][2]) + f"  (x{n}, SIGINT after {seconds:g} s)",
@@ -159,14 +167,16 @@ def reconnect_trials(args, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", default="2,4,8", type=lambda s: [int(v) for v in s.split(",")])
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clip", default=CLIP)
     parser.add_argument("--reconnect-trials", type=int, default=0)
     parser.add_argument("--work", default="out/serve_bench")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists():  # no stale summaries from an earlier run
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     result = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}, "clip": args.clip}
     if args.reconnect_trials:
         result["reconnect"] = reconnect_trials(args, work)

@@ -55,6 +55,7 @@ class MqttSink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._unreachable_logged = False
+        self._closing = False
         self._client.on_publish = self._on_publish
         self._mqtt = mqtt
         self._client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
@@ -82,7 +83,7 @@ class MqttSink:
                            self.config.port, self.config.queue_size)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             logger.warning("mqtt lost %s:%d (%s); queueing up to %d messages", self.config.host, self.config.port,
                            reason_code, self.config.queue_size)
             self._unreachable_logged = True
@@ -126,6 +127,7 @@ class MqttSink:
         """Send what is queued if the broker is there (up to ``timeout_s``), then disconnect."""
         import time
 
+        self._closing = True
         deadline = time.monotonic() + timeout_s
         while self.connected and self.queued > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
