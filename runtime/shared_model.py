@@ -57,8 +57,16 @@ class SharedModel:
 
     def score(self, batch: np.ndarray, timeout_s: float = 60.0) -> dict[str, np.ndarray]:
         """Backend outputs for one frame's float32 [N, 3, H, W] batch; blocks until its shared call is done."""
+        return self.result(self.submit(batch), timeout_s)
+
+    def submit(self, batch: np.ndarray) -> _Request:
+        """Queue one frame's batch for the next shared call without waiting; :meth:`result` waits for it."""
         request = _Request(batch)
         self._queue.put(request)
+        return request
+
+    def result(self, request: _Request, timeout_s: float = 60.0) -> dict[str, np.ndarray]:
+        """The outputs of a :meth:`submit` request (re-raises the backend's error)."""
         if not request.done.wait(timeout_s):
             raise TimeoutError(f"model {self.detector.artifact.name} did not answer within {timeout_s:.0f} s")
         if request.error is not None:
