@@ -33,4 +33,4 @@ lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/hadolint docker/*.Dockerfile
 
 clean:
-	rm -rf $(DEV_VENV) $(RUNTIME_VENV) out build *.egg-info
+	rm -rf $(DEV_VENV) $(RUNTIME_VENV) .venv-serve out build *.egg-info

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("patchdet.runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
     "bench": ("patchdet.runtime.cli", "time every backend x precision on an artifact, beside the engine's own floor"),
+    "serve": ("patchdet.runtime.cli", "run many cameras in one process: shared batched detector, events over MQTT, "
+              "metrics"),
 }
 
 
@@ -154,6 +156,8 @@ _INSTALL_FOR_MODULE: dict[str, str] = {
     "pycuda": "pip install 'patchdet[tensorrt]'",
     "cv2": "pip install opencv-python-headless",
     "yaml": "pip install pyyaml",
+    "paho": "pip install 'patchdet[serve]'",
+    "prometheus_client": "pip install 'patchdet[serve]'",
 }
 # Without a module name: what each command needs beyond the light install.
 _INSTALL_FOR_COMMAND: dict[str, str] = {
@@ -161,6 +165,7 @@ _INSTALL_FOR_COMMAND: dict[str, str] = {
     "evaluate": "pip install 'patchdet[train]'",
     "graft": "pip install 'patchdet[train]'",
     "export": "pip install 'patchdet[export]'",
+    "serve": "pip install 'patchdet[serve]'",
 }
 
 

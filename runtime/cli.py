@@ -267,3 +267,29 @@ def run_bench(args: argparse.Namespace) -> int:
         if comparison["regressions"] or not comparison["matched"]:
             return 1
     return 0
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``patchdet serve``."""
+    parser.epilog = ("The site file lists the cameras, models, events, MQTT/webhook sinks and the metrics port; "
+                     "see runtime/service_config.py and docker/site.yaml.")
+    parser.add_argument("--config", required=True, metavar="YAML", help="site file")
+    parser.add_argument("--duration", dest="duration_s", type=_number, metavar="S",
+                        help="stop after S seconds (default: run until stopped)")
+    parser.add_argument("--output-dir", metavar="DIR", help="events.jsonl and snapshots (default: the site file's)")
+    parser.add_argument("--summary", metavar="FILE", help="also write the run summary JSON here")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the site file and run the service; prints the summary JSON when it stops."""
+    from patchdet.runtime.atomic import atomic_write_text
+    from patchdet.runtime.service import serve
+    from patchdet.runtime.service_config import load_site_config
+
+    site = load_site_config(args.config, duration_s=args.duration_s, output_dir=args.output_dir)
+    summary = serve(site)
+    text = json.dumps(summary, indent=2)
+    if args.summary:
+        atomic_write_text(args.summary, text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
