@@ -20,7 +20,7 @@ import numpy as np
 from patchdet.runtime.decisions import decision_rule
 from patchdet.runtime.preprocess import BufferPool, Tiler
 from patchdet.runtime.settings import DetectorSettings
-from patchdet.runtime.tiling import tiling_for_card
+from patchdet.runtime.tiling_config import tiling_for_card
 
 logger = logging.getLogger(__name__)
 
