@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from patchdet.training.config import AugmentConfig, TileAugmentConfig, TrainConfig
+from patchdet.training.checkpoint import load_checkpoint
 from patchdet.training.data import ImageSet, block_split, file_index_key, load_block_split
 from patchdet.training.synthesis import (
     TileSynthesis,
@@ -169,7 +170,10 @@ def test_train_with_tiles_blocks_and_extra_negatives(tmp_path, tiny_folder):
     cfg = TrainConfig(data=str(tmp_path / "vehicles"), positive="vehicles", negatives=("non-vehicles",),
                       split="blocks", val_fraction=0.25, extra_negatives=str(tiny_folder),
                       extra_negative_classes=("bird", "deer"), augment=AugmentConfig(kind="tiles"),
-                      input_size=32, epochs=1, batch_size=16, out=str(tmp_path / "run"), tensorboard=False)
+                      data_terms="research use only", input_size=32, epochs=1, batch_size=16, out=str(tmp_path / "run"), tensorboard=False)
     result = train(cfg)
     record = result.history[-1]["val"]
     assert set(record["at_origin"]) == {"vehicles", "non-vehicles", "extra:bird", "extra:deer"}
+    summary = load_checkpoint(result.best_checkpoint)["training"]
+    assert summary["terms"] == "research use only" and summary["split"] == "blocks"
+    assert summary["augment"] == "tiles" and summary["extra_negatives"]["classes"] == ["bird", "deer"]

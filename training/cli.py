@@ -54,6 +54,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                       help="second ImageFolder tree whose --extra-negative-classes are added as negatives")
     data.add_argument("--extra-negative-classes", help="classes of --extra-negatives, comma separated")
     data.add_argument("--max-extra-per-class", type=int, help="sub-sample at most this many extra negatives per class")
+    data.add_argument("--data-terms", metavar="TEXT",
+                      help="license / terms of use of the training data, copied into the model card")
     data.add_argument("--augment", choices=["standard", "tiles", "none"],
                       help="standard (flip + small crops; default), tiles (crops made to look like runtime tiles: "
                            "off-centre, cut and pasted cars, car slivers as negatives, photometric noise) or none; "
@@ -122,6 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
         extra_negative_classes=_names(args.extra_negative_classes),
         max_extra_per_class=args.max_extra_per_class,
         augment=augment,
+        data_terms=args.data_terms,
         arch=args.arch,
         input_size=args.input_size,
         loss=args.loss,

@@ -91,6 +91,7 @@ class TrainConfig:
     extra_negatives: str | None = None
     extra_negative_classes: tuple[str, ...] = ()
     max_extra_per_class: int | None = None
+    data_terms: str | None = None
     download_root: str = "~/.cache/patchdet/datasets"
 
     arch: str = "discnn8"

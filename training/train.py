@@ -156,6 +156,7 @@ def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> di
         "resized_from": {f"{w}x{h}": n for (w, h), n in train_set.resized_from.items()},
         "input_size": cfg.input_size,
         "split": cfg.split if not cfg.val_data else "val_data",
+        **({"terms": cfg.data_terms} if cfg.data_terms else {}),
         "augment": cfg.augment.kind,
         "extra_negatives": ({"source": cfg.extra_negatives, "classes": list(cfg.extra_negative_classes)}
                             if cfg.extra_negatives else None),
