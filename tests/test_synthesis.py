@@ -106,6 +106,11 @@ def test_positive_tiles_hold_the_car_and_negatives_only_a_sliver():
         assert car_share > 0.15  # scale >= 0.5 and the centre within 0.25 of the middle
         sliver_share = (dataset.sample(6, rng)[..., 0] > 120).mean()
         assert sliver_share < 0.4  # at most 35 % of a car's side inside the tile
+    small = TileAugmentConfig(brightness=0, contrast=0, blur=0, low_resolution=0, jpeg=0, cut_car_fraction=0,
+                              small_car_fraction=1.0)
+    dataset = TileSynthesis(_image_set(side=32), AugmentConfig(kind="tiles", hflip=False, tiles=small), (1,))
+    for _ in range(20):
+        assert 0 < (dataset.sample(6, rng)[..., 0] > 120).mean() < 3 * 0.33**2  # one to three small cars
     extra = dataset.sample(12, rng)
     assert np.all(extra == 120)  # extra negatives are used as they are
 
@@ -160,6 +165,8 @@ def test_block_split_holds_out_the_last_block_of_each_folder_and_drops_duplicate
 def test_tiles_augment_needs_a_binary_run():
     with pytest.raises(ValueError, match="binary run"):
         TrainConfig(data="d", augment=AugmentConfig(kind="tiles"))
+    with pytest.raises(ValueError, match="small_car_fraction"):
+        TileAugmentConfig(cut_car_fraction=0.6, small_car_fraction=0.6)
     with pytest.raises(ValueError, match="augment kind"):
         AugmentConfig(kind="mosaic")
 

@@ -22,7 +22,10 @@ class TileAugmentConfig:
     is off-centre and, when large, cut by the border); ``two_cars`` of the
     pasted ones get a second car. Negatives: ``cut_car_fraction`` of them get a
     car of which only ``cut_visible`` (a fraction of its width or height) lies
-    inside the tile. Photometric noise on every sample.
+    inside the tile, and ``small_car_fraction`` of them one to three cars of
+    ``small_car_scale`` of the tile (a tile much larger than a car is not that
+    car's box: without these, the largest tile around a car scores highest
+    and wins NMS). Photometric noise on every sample.
     """
 
     plain_fraction: float = 0.25
@@ -31,6 +34,8 @@ class TileAugmentConfig:
     two_cars: float = 0.15
     cut_car_fraction: float = 0.25
     cut_visible: tuple[float, float] = (0.1, 0.35)
+    small_car_fraction: float = 0.0
+    small_car_scale: tuple[float, float] = (0.12, 0.33)
     brightness: float = 0.3
     contrast: float = 0.3
     blur: float = 0.3
@@ -39,11 +44,15 @@ class TileAugmentConfig:
     jpeg_quality: tuple[int, int] = (35, 90)
 
     def __post_init__(self) -> None:
-        for name in ("plain_fraction", "two_cars", "cut_car_fraction", "blur", "low_resolution", "jpeg"):
+        for name in ("plain_fraction", "two_cars", "cut_car_fraction", "small_car_fraction", "blur", "low_resolution",
+                     "jpeg"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"tiles.{name} {value} is invalid: expected a probability in [0, 1]")
-        for name in ("car_scale", "cut_visible", "jpeg_quality"):
+        if self.cut_car_fraction + self.small_car_fraction > 1.0:
+            raise ValueError(f"tiles.cut_car_fraction + tiles.small_car_fraction = "
+                             f"{self.cut_car_fraction + self.small_car_fraction} is invalid: expected <= 1")
+        for name in ("car_scale", "cut_visible", "small_car_scale", "jpeg_quality"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"tiles.{name} {(low, high)} is invalid: expected 0 < low <= high")

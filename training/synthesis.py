@@ -164,14 +164,18 @@ class TileSynthesis(Dataset):
                 car_side = int(round(side * rng.uniform(*tiles.car_scale)))
                 center = side / 2 + rng.uniform(-tiles.max_offset, tiles.max_offset, 2) * side
                 tile = paste(tile, image, tuple(center), car_side)
-        elif index in self._background_set and rng.random() < tiles.cut_car_fraction:
-            tile = random_crop(image, rng, (0.4, 1.0), side)
-            car_side = int(round(side * rng.uniform(0.7, 1.3)))
-            center = cut_car_center(side, car_side, rng.uniform(*tiles.cut_visible), int(rng.integers(4)),
-                                    rng.uniform(0.2, 0.8))
-            tile = paste(tile, self._car(rng), center, car_side)
         elif index in self._background_set:
             tile = random_crop(image, rng, (0.4, 1.0), side)
+            draw = rng.random()
+            if draw < tiles.cut_car_fraction:
+                car_side = int(round(side * rng.uniform(0.7, 1.3)))
+                center = cut_car_center(side, car_side, rng.uniform(*tiles.cut_visible), int(rng.integers(4)),
+                                        rng.uniform(0.2, 0.8))
+                tile = paste(tile, self._car(rng), center, car_side)
+            elif draw < tiles.cut_car_fraction + tiles.small_car_fraction:
+                for _ in range(int(rng.integers(1, 4))):
+                    car_side = max(2, int(round(side * rng.uniform(*tiles.small_car_scale))))
+                    tile = paste(tile, self._car(rng), tuple(rng.uniform(0.15, 0.85, 2) * side), car_side)
         else:
             tile = image.copy()
         if self.augment.hflip and rng.random() < 0.5:
