@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -155,13 +156,19 @@ def scenes(model: str, labels_path: str, tiling: TilingConfig, thresholds: list[
     labels["annotations"] = [a for a in labels["annotations"] if a["image_id"] in kept_ids]
     car_id = next(c["id"] for c in labels["categories"] if c["name"] == "car")
     low = min(thresholds)
-    detector = Detector(model, backend="onnxruntime", threshold=low, tiling=tiling, threads=threads)
+    detectors: dict[tuple[float, ...], Detector] = {}
     per_image = []
     started = time.perf_counter()
     tiles_total = 0
     for image in labels["images"]:
         frame = cv2.imread(str(Path(labels_path).parent / image["file_name"]))
-        result = detector(frame)
+        # The runtime refuses a scale whose tile is larger than the frame (576x240 plates): skip those scales here.
+        fits = tuple(s for s in tiling.scales
+                     if tiling.tile_wh[0] / s <= frame.shape[1] and tiling.tile_wh[1] / s <= frame.shape[0])
+        if fits not in detectors:
+            detectors[fits] = Detector(model, backend="onnxruntime", threshold=low, threads=threads,
+                                       tiling=dataclasses.replace(tiling, scales=fits))
+        result = detectors[fits](frame)
         tiles_total += len(result.tile_scores)
         truth = np.asarray([a["bbox"] for a in labels["annotations"]
                             if a["image_id"] == image["id"] and a["category_id"] == car_id], dtype=np.float64)
