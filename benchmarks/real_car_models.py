@@ -113,8 +113,8 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area - inter, 1e-9)
 
 
-def _match(dets: Detections, truth_xyxy: np.ndarray) -> tuple[int, int]:
-    """(true positives, false alarms) at IoU 0.5, greedy by score (COCO's rule)."""
+def _match(dets: Detections, truth_xyxy: np.ndarray, match_iou: float = 0.5) -> tuple[int, int]:
+    """(true positives, false alarms) at IoU ``match_iou``, greedy by score (COCO's rule)."""
     used = np.zeros(len(truth_xyxy), dtype=bool)
     tp = 0
     for i in np.argsort(-dets.score, kind="stable"):
@@ -123,7 +123,7 @@ def _match(dets: Detections, truth_xyxy: np.ndarray) -> tuple[int, int]:
         iou = _iou(dets.xyxy[i].astype(np.float64), truth_xyxy)
         iou[used] = -1
         best = int(np.argmax(iou))
-        if iou[best] >= 0.5:
+        if iou[best] >= match_iou:
             used[best] = True
             tp += 1
     return tp, len(dets) - tp
@@ -149,7 +149,7 @@ def _ap50(labels: dict, results: list[dict]) -> float:
 
 
 def scenes(model: str, labels_path: str, tiling: TilingConfig, thresholds: list[float], threads: int,
-           exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+           exclude: tuple[str, ...] = (), match_iou: float = 0.5) -> dict[str, Any]:
     labels = json.loads(Path(labels_path).read_text(encoding="utf-8"))
     labels["images"] = [im for im in labels["images"] if not im["file_name"].startswith(exclude)]
     kept_ids = {im["id"] for im in labels["images"]}
@@ -179,7 +179,7 @@ def scenes(model: str, labels_path: str, tiling: TilingConfig, thresholds: list[
     report: dict[str, Any] = {"model": model, "labels": labels_path, "frames": len(per_image),
                               "cars": int(sum(len(t) for _, _, t in per_image)),
                               "car_free_frames": int(sum(len(t) == 0 for _, _, t in per_image)),
-                              "excluded_prefixes": list(exclude),
+                              "excluded_prefixes": list(exclude), "match_iou": match_iou,
                               "tiling": {"tile_wh": list(tiling.tile_wh), "stride_wh": list(tiling.stride_wh),
                                          "scales": list(tiling.scales), "merge": tiling.merge,
                                          "iou_threshold": tiling.iou_threshold},
@@ -194,7 +194,7 @@ def scenes(model: str, labels_path: str, tiling: TilingConfig, thresholds: list[
             tiles = Detections(result.tile_xyxy[keep].astype(np.float32), result.tile_scores[keep],
                                np.zeros(len(keep), np.int64), keep)
             dets = merge_boxes(tiles, tiling.merge, tiling.iou_threshold)
-            hit, false = _match(dets, truth_xyxy)
+            hit, false = _match(dets, truth_xyxy, match_iou)
             tp += hit
             fa += false
             if len(truth_xyxy) == 0:
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--iou", type=float, default=0.3)
     s.add_argument("--thresholds", default="0.5,1,1.5,2,3")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--match-iou", type=float, default=0.5, help="IoU for recall / false alarms (AP50 stays at 0.5)")
     s.add_argument("--exclude", default="", help="skip frames whose file names start with these, comma separated")
     args = parser.parse_args(argv)
     for model in args.model:
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         for text in args.tiling:
             exclude = tuple(e for e in args.exclude.split(",") if e)
             report = scenes(model, args.labels, _tiling(text, args.iou),
-                            [float(t) for t in args.thresholds.split(",")], args.threads, exclude)
+                            [float(t) for t in args.thresholds.split(",")], args.threads, exclude,
+                            args.match_iou)
             print(json.dumps(report), flush=True)
     return 0
 
