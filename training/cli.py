@@ -47,6 +47,20 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--negatives", help="negative class names, comma separated (DisCNN / N2O)")
     data.add_argument("--classes", help="class names for multi-class heads (default: all class folders)")
     data.add_argument("--max-per-class", type=int, help="sub-sample at most this many images per class")
+    data.add_argument("--split", choices=["random", "blocks"],
+                      help="held-out validation: random (seeded, stratified; default) or blocks (the last "
+                           "--val-fraction of every source folder in file-index order, exact duplicates dropped; "
+                           "for video frames)")
+    data.add_argument("--extra-negatives", metavar="DIR",
+                      help="second ImageFolder tree whose --extra-negative-classes are added as negatives")
+    data.add_argument("--extra-negative-classes", help="classes of --extra-negatives, comma separated")
+    data.add_argument("--max-extra-per-class", type=int, help="sub-sample at most this many extra negatives per class")
+    data.add_argument("--data-terms", metavar="TEXT",
+                      help="license / terms of use of the training data, copied into the model card")
+    data.add_argument("--augment", choices=["standard", "tiles", "none"],
+                      help="standard (flip + small crops; default), tiles (crops made to look like runtime tiles: "
+                           "off-centre, cut and pasted cars, car slivers as negatives, photometric noise) or none; "
+                           "other augment settings come from --config")
     model = parser.add_argument_group("model and loss")
     model.add_argument("--arch", help="registered architecture (see --list-models)")
     model.add_argument("--input-size", type=int, help="square input side in pixels")
@@ -97,6 +111,13 @@ def run_train(args: argparse.Namespace) -> int:
     from patchdet.training.config import TrainConfig
     from patchdet.training.train import train
 
+    augment = None
+    if args.augment is not None:  # keep the YAML file's other augment settings
+        import yaml
+
+        loaded = yaml.safe_load(open(args.config, encoding="utf-8")) if args.config else None
+        base = loaded.get("augment") if isinstance(loaded, dict) else None
+        augment = {**(base if isinstance(base, dict) else {}), "kind": args.augment}
     cfg = build_config(
         TrainConfig,
         args.config,
@@ -107,6 +128,12 @@ def run_train(args: argparse.Namespace) -> int:
         negatives=_names(args.negatives),
         classes=_names(args.classes),
         max_per_class=args.max_per_class,
+        split=args.split,
+        extra_negatives=args.extra_negatives,
+        extra_negative_classes=_names(args.extra_negative_classes),
+        max_extra_per_class=args.max_extra_per_class,
+        augment=augment,
+        data_terms=args.data_terms,
         arch=args.arch,
         input_size=args.input_size,
         loss=args.loss,

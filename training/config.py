@@ -10,12 +10,72 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+AUGMENT_KINDS = ("standard", "tiles", "none")
+
+
+@dataclass(frozen=True)
+class TileAugmentConfig:
+    """Knobs of ``augment.kind: tiles`` (``training.synthesis``): make crops look like runtime tiles.
+
+    Positives: ``plain_fraction`` of them are the crop itself, the rest a car
+    scaled by ``car_scale`` (relative to the tile) pasted on a background crop
+    with its centre up to ``max_offset`` tile sides from the tile centre (so it
+    is off-centre and, when large, cut by the border); ``two_cars`` of the
+    pasted ones get a second car. Negatives: ``cut_car_fraction`` of them get a
+    car of which only ``cut_visible`` (a fraction of its width or height) lies
+    inside the tile, and ``small_car_fraction`` of them one to three cars of
+    ``small_car_scale`` of the tile (a tile much larger than a car is not that
+    car's box: without these, the largest tile around a car scores highest
+    and wins NMS). Photometric noise on every sample.
+    """
+
+    plain_fraction: float = 0.25
+    car_scale: tuple[float, float] = (0.5, 1.5)
+    max_offset: float = 0.25
+    two_cars: float = 0.15
+    cut_car_fraction: float = 0.25
+    cut_visible: tuple[float, float] = (0.1, 0.35)
+    small_car_fraction: float = 0.0
+    small_car_scale: tuple[float, float] = (0.12, 0.33)
+    brightness: float = 0.3
+    contrast: float = 0.3
+    blur: float = 0.3
+    low_resolution: float = 0.2
+    jpeg: float = 0.3
+    jpeg_quality: tuple[int, int] = (35, 90)
+
+    def __post_init__(self) -> None:
+        for name in ("plain_fraction", "two_cars", "cut_car_fraction", "small_car_fraction", "blur", "low_resolution",
+                     "jpeg"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"tiles.{name} {value} is invalid: expected a probability in [0, 1]")
+        if self.cut_car_fraction + self.small_car_fraction > 1.0:
+            raise ValueError(f"tiles.cut_car_fraction + tiles.small_car_fraction = "
+                             f"{self.cut_car_fraction + self.small_car_fraction} is invalid: expected <= 1")
+        for name in ("car_scale", "cut_visible", "small_car_scale", "jpeg_quality"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"tiles.{name} {(low, high)} is invalid: expected 0 < low <= high")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Standard light augmentation: horizontal flip and small random-resized crops."""
+    """Training augmentation.
 
+    ``kind``: ``standard`` (horizontal flip and small random-resized crops),
+    ``tiles`` (``training.synthesis``: crops made to look like runtime tiles,
+    see ``TileAugmentConfig``; needs a binary run) or ``none``.
+    """
+
+    kind: str = "standard"
     hflip: bool = True
     crop_scale: tuple[float, float] = (0.8, 1.0)
+    tiles: TileAugmentConfig = field(default_factory=TileAugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUGMENT_KINDS:
+            raise ValueError(f"augment kind {self.kind!r} is unknown: expected one of {', '.join(AUGMENT_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +97,11 @@ class TrainConfig:
     negatives: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     max_per_class: int | None = None
+    split: str = "random"
+    extra_negatives: str | None = None
+    extra_negative_classes: tuple[str, ...] = ()
+    max_extra_per_class: int | None = None
+    data_terms: str | None = None
     download_root: str = "~/.cache/patchdet/datasets"
 
     arch: str = "discnn8"
@@ -87,5 +152,11 @@ class TrainConfig:
             raise ValueError(f"max_per_class {self.max_per_class} is invalid: expected >= 1 (leave it out for all)")
         if not math.isfinite(self.threshold) or (self.loss.startswith("n2o") and self.threshold < 0):
             raise ValueError(f"threshold {self.threshold} is invalid: expected a finite number (>= 0 for n2o)")
+        if self.split not in ("random", "blocks"):
+            raise ValueError(f"split {self.split!r} is unknown: expected random or blocks")
+        if self.extra_negatives and not self.extra_negative_classes:
+            raise ValueError("extra_negatives needs extra_negative_classes: expected CLASS[,CLASS...]")
+        if self.augment.kind == "tiles" and (self.positive is None or not self.negatives):
+            raise ValueError("augment kind 'tiles' needs a binary run: expected --positive and --negatives")
         if self.input_size <= 0:
             raise ValueError(f"input size {self.input_size} is invalid: expected a positive integer")

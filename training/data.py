@@ -8,7 +8,9 @@ with JPEG decoding.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,18 @@ class ImageSet:
     def subset(self, indices: np.ndarray) -> ImageSet:
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageSet(self.images[index], self.labels[index], self.class_names, [], {})
+
+    def extended(self, other: ImageSet) -> ImageSet:
+        """This set followed by ``other``, whose classes are appended after ours (labels shifted)."""
+        clash = set(self.class_names) & set(other.class_names)
+        if clash:
+            raise ValueError(f"class {', '.join(map(repr, sorted(clash)))} is in both image sets: rename one")
+        if other.images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(f"image shapes differ: {tuple(other.images.shape[1:])} vs {tuple(self.images.shape[1:])}")
+        return ImageSet(torch.cat([self.images, other.images]),
+                        torch.cat([self.labels, other.labels + len(self.class_names)]),
+                        self.class_names + other.class_names, self.skipped + other.skipped,
+                        {**other.resized_from, **self.resized_from})
 
 
 def _torchvision_source(spec: str, split: str, download_root: str) -> tuple[list[np.ndarray], list[int], list[str]]:
@@ -125,6 +139,79 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def file_index_key(path: Path) -> tuple:
+    """Natural sort key: ``image9.png`` before ``image10.png`` (file index order, not string order)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
+
+
+def block_split(paths: list[Path] | tuple[Path, ...], labels: np.ndarray, fraction: float
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hold out the last ``fraction`` of every (class, source folder) in file-index order, then drop exact duplicates.
+
+    Consecutive video frames sit next to each other in file order, so one
+    contiguous block per folder keeps near-duplicates on one side of the split.
+    Files with identical bytes are kept once (validation copies win, so no
+    training image equals a validation image).
+
+    Args:
+        paths: image files; their parent folder is the source.
+        labels: int [N] class indices.
+        fraction: held-out share of each folder, 0 < fraction < 1.
+
+    Returns:
+        (train indices, validation indices, number of exact duplicates dropped).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"block split fraction {fraction} is invalid: expected 0 < f < 1")
+    groups: dict[tuple[int, Path], list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault((int(labels[i]), Path(path).parent), []).append(i)
+    train_idx, val_idx = [], []
+    for members in groups.values():
+        members.sort(key=lambda i: file_index_key(Path(paths[i])))
+        n_val = int(round(len(members) * fraction))
+        train_idx.extend(members[:len(members) - n_val])
+        val_idx.extend(members[len(members) - n_val:])
+    seen: set[str] = set()
+    kept_val, kept_train = [], []
+    for indices, kept in ((sorted(val_idx), kept_val), (sorted(train_idx), kept_train)):
+        for i in indices:
+            digest = hashlib.sha1(Path(paths[i]).read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                kept.append(i)
+    dropped = len(paths) - len(kept_val) - len(kept_train)
+    return np.asarray(kept_train, dtype=np.int64), np.asarray(kept_val, dtype=np.int64), dropped
+
+
+def load_block_split(source: str, class_names: list[str] | None, input_size: int, fraction: float,
+                     max_per_class: int | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """An ImageFolder tree split by ``block_split``: (train ImageSet, validation ImageSet).
+
+    ``max_per_class`` sub-samples the training part only (seeded), so the
+    validation blocks do not depend on it.
+    """
+    index = scan_image_folder(source, class_names)
+    train_idx, val_idx, dropped = block_split(index.paths, index.labels, fraction)
+    if dropped:
+        log.info("dropped %d exact duplicate image(s) from %s", dropped, source)
+    if max_per_class:
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for c in range(len(index.class_names)):
+            members = train_idx[index.labels[train_idx] == c]
+            chosen.extend(rng.choice(members, size=min(max_per_class, members.size), replace=False))
+        train_idx = np.sort(np.asarray(chosen, dtype=np.int64))
+    parts = []
+    for indices in (train_idx, val_idx):
+        loaded = load_images([index.paths[i] for i in indices], index.labels[indices], (input_size, input_size),
+                             progress=True)
+        tensor = torch.from_numpy(np.ascontiguousarray(loaded.images.transpose(0, 3, 1, 2)))
+        parts.append(ImageSet(tensor, torch.from_numpy(loaded.labels.astype(np.int64)), index.class_names,
+                              loaded.skipped, loaded.resized_from))
+    return parts[0], parts[1]
+
+
 class AugmentedImages(Dataset):
     """Per-sample augmentation of an in-memory ``ImageSet``; yields (uint8 [3,H,W], class index)."""
 
@@ -132,7 +219,7 @@ class AugmentedImages(Dataset):
         self.image_set = image_set
         size = tuple(image_set.images.shape[-2:])
         steps: list = []
-        if augment is not None:
+        if augment is not None and augment.kind != "none":
             if augment.crop_scale[0] < 1.0:
                 steps.append(v2.RandomResizedCrop(size, scale=augment.crop_scale, antialias=True))
             if augment.hflip:

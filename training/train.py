@@ -31,7 +31,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from patchdet.runtime.config import config_to_dict, write_config
 from patchdet.training.checkpoint import load_checkpoint, save_checkpoint
 from patchdet.training.config import TrainConfig
-from patchdet.training.data import AugmentedImages, ImageSet, load_image_set, normalize_on_device, stratified_split
+from patchdet.training.data import (
+    AugmentedImages,
+    ImageSet,
+    load_block_split,
+    load_image_set,
+    normalize_on_device,
+    stratified_split,
+)
 from patchdet.training.losses import LOSS_HEADS, build_loss
 from patchdet.training.models import get_model
 from patchdet.training.tasks import class_list_for, make_task
@@ -100,6 +107,22 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _load_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
+    train_set, val_set = _load_main_data(cfg, class_names)
+    if not cfg.extra_negatives:
+        return train_set, val_set
+    extra = load_image_set(cfg.extra_negatives, list(cfg.extra_negative_classes), cfg.input_size, "train",
+                           cfg.max_extra_per_class, cfg.seed, cfg.download_root)
+    extra.class_names = tuple(f"extra:{name}" for name in extra.class_names)
+    extra_train, extra_val = stratified_split(extra.labels.numpy(), cfg.val_fraction or 0.1, cfg.seed)
+    merged_train = train_set.extended(extra.subset(extra_train))
+    return merged_train, val_set.extended(extra.subset(extra_val))
+
+
+def _load_main_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
+    if cfg.split == "blocks" and not cfg.val_data:
+        if cfg.data.startswith("torchvision:"):
+            raise ValueError(f"split 'blocks' needs an ImageFolder tree with source sub-folders, not {cfg.data}")
+        return load_block_split(cfg.data, class_names, cfg.input_size, cfg.val_fraction, cfg.max_per_class, cfg.seed)
     full = load_image_set(cfg.data, class_names, cfg.input_size, "train", cfg.max_per_class, cfg.seed,
                           cfg.download_root)
     if cfg.val_data:
@@ -114,6 +137,16 @@ def _load_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSe
     return train_set, full.subset(val_idx)
 
 
+def _training_dataset(cfg: TrainConfig, train_set: ImageSet):
+    if cfg.augment.kind == "tiles":
+        from patchdet.training.synthesis import TileSynthesis
+
+        # The main tree's negative classes are the road backgrounds cars get pasted on; extras are used as they are.
+        backgrounds = tuple(range(1, 1 + len(cfg.negatives)))
+        return TileSynthesis(train_set, cfg.augment, backgrounds)
+    return AugmentedImages(train_set, cfg.augment)
+
+
 def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> dict[str, Any]:
     return {
         "source": cfg.data,
@@ -122,6 +155,11 @@ def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> di
         "skipped_unreadable": len(train_set.skipped),
         "resized_from": {f"{w}x{h}": n for (w, h), n in train_set.resized_from.items()},
         "input_size": cfg.input_size,
+        "split": cfg.split if not cfg.val_data else "val_data",
+        **({"terms": cfg.data_terms} if cfg.data_terms else {}),
+        "augment": cfg.augment.kind,
+        "extra_negatives": ({"source": cfg.extra_negatives, "classes": list(cfg.extra_negative_classes)}
+                            if cfg.extra_negatives else None),
     }
 
 
@@ -198,7 +236,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
 
-    dataset = AugmentedImages(train_set, cfg.augment)
+    dataset = _training_dataset(cfg, train_set)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) \
         if world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed)
