@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-BUILTIN_MODEL = ASSETS / "discnn8_automobile.onnx"
-BUILTIN_DENSE_MODEL = ASSETS / "discnn8_automobile_dense.onnx"
+# DisCNN-8 at 64x64 trained on real car and road crops (models/discnn8_car64.pt; benchmarks/results/real_car_models.md).
+# The CIFAR-10 model of the paper reproduction stays beside it (discnn8_automobile*.onnx, models/discnn8_automobile.pt).
+BUILTIN_MODEL = ASSETS / "discnn8_car64.onnx"
+BUILTIN_DENSE_MODEL = ASSETS / "discnn8_car64_dense.onnx"
 BUILTIN_CLIP = ASSETS / "street_cam_sample.mp4"
 
 
