@@ -135,7 +135,7 @@ class ExportConfig:
         if not self.models:
             raise ValueError(f"no model given (models: {self.models!r}): expected one or more checkpoints or run folders")
         if not self.formats:
-            raise ValueError(f"no format given: expected one or more of {', '.join(FORMATS)}")
+            raise ValueError(f"no format given (formats: {self.formats!r}): expected one or more of {', '.join(FORMATS)}")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(f"unknown format {', '.join(map(repr, unknown))}: known formats are {', '.join(FORMATS)} "

@@ -165,6 +165,10 @@ def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, 
         return cls(**kwargs)
     except TypeError as exc:  # a check meeting a type it did not expect: still the user's settings
         raise ValueError(f"invalid {cls.__name__} settings: {exc}") from None
+    except ValueError as exc:  # a check across settings: say where they were read from
+        if yaml_path is None or from_file.isdisjoint(kwargs) or str(yaml_path) in str(exc):
+            raise
+        raise ValueError(f"{exc} (settings read from config file {yaml_path})") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -198,6 +198,13 @@ def test_card_that_disagrees_with_the_model_names_the_field(tmp_path, video, cha
         detect(_cfg(model, video, card=str(card_path), max_frames=1))
 
 
+@pytest.mark.parametrize("sidecar", [True, False], ids=["card-file", "embedded-card"])
+def test_model_whose_own_card_disagrees_with_its_graph_is_refused(tmp_path, video, sidecar):
+    model = write_model(tmp_path / "m.onnx", "modulus", card=sidecar, input_wh=(64, 64))
+    with pytest.raises(ValueError, match="input_wh 64x64 does not match"):
+        detect(_cfg(model, video, max_frames=1))
+
+
 def test_cli_card_mismatch_is_one_line_exit_2(tmp_path, video):
     from patchdet.runtime.card import read_artifact_card
 
