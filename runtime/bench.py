@@ -275,9 +275,10 @@ def measure_row(artifact: Path, card: Any, variant: Variant, frame: str, tiling:
     batch = prepared.batch
     step = detector.inference.max_batch or len(batch)
     chunks = [np.ascontiguousarray(batch[i:i + step]) for i in range(0, len(batch), step)]
-    row["tiles"] = int(len(batch)) if not detector.dense else int(np.prod(batch.shape[2:]) // 1)
     row["batch"] = [int(len(c)) for c in chunks]
     try:
+        # a dense export's window count follows from its score map
+        row["tiles"] = int(len(batch)) if not detector.dense else int(np.size(detector.infer(batch)["score"]))
         times = floors.time_calls(lambda: detector.infer(batch), cfg.repeats, cfg.warmup, cfg.max_seconds)
         row["latency_ms"] = _percentiles(times)
         row["repeats"] = int(len(times))

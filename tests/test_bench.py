@@ -161,3 +161,11 @@ def test_checkpoint_is_exported_first(tmp_path, model_and_clip):
     report = _bench(tmp_path, [checkpoint], clip, floor=False)
     assert [(r["artifact"], r["status"]) for r in report["rows"]] == [("tiny.onnx", "ok")]
     assert (tmp_path / "out" / "exports" / "tiny" / "tiny.onnx").is_file()
+
+
+def test_dense_rows(tmp_path, model_and_clip):
+    model, clip = model_and_clip
+    dense = write_model(tmp_path / "d.onnx", "dense")
+    rows = _bench(tmp_path, [dense, model], clip, tilings=("dense",), floor=False)["rows"]
+    assert rows[0]["status"] == "ok" and rows[0]["tiles"] == 7 * 5  # windows of 32 every 16 px on 128x96
+    assert rows[1]["status"].startswith("skipped: dense tiling needs a dense export")

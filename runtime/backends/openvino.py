@@ -85,9 +85,9 @@ class OpenVinoBackend:
         }
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        # share_inputs: OpenVINO reads the (C-contiguous float32) batch in place instead of copying it first,
-        # 26 MB per 1080p frame of 96x96 tiles; the call is synchronous, so the batch outlives its use.
-        self._request.infer({0: check_batch(batch)}, share_inputs=True)
+        # Not share_inputs=True: it bought nothing measurable (benchmarks/results/bench.md, section 4) and, with
+        # the THROUGHPUT hint, made sync and async scores disagree (tests/test_detector.py submit/wait test).
+        self._request.infer({0: check_batch(batch)})
         return self._outputs(self._request)
 
     # -- several requests in flight -------------------------------------------
