@@ -87,13 +87,14 @@ def run_separate(n: int, clip: str, port: int, seconds: float, work: Path) -> di
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if not summary.is_file():  # killed before it could say: count it as no frames
-            per_process.append(0.0)
+        if not summary.is_file():  # killed before it wrote a summary: no measurement, not zero frames
+            per_process.append(None)
             continue
         data = json.loads(summary.read_text())
         per_process.append(data["frames"] / data["seconds"])
     return {"command": " ".join(procs[0][2]) + f"  (x{n}, SIGINT after {seconds:g} s)",
-            "total_fps": round(sum(per_process), 2), "per_process_fps": [round(v, 2) for v in per_process]}
+            "total_fps": None if None in per_process else round(sum(per_process), 2),
+            "per_process_fps": [None if v is None else round(v, 2) for v in per_process]}
 
 
 def throughput(args, work: Path) -> dict:

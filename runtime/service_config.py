@@ -69,7 +69,7 @@ class EventConfig:
         end_after_s: The event ends when its object has not been seen for this long.
         match_distance: A detection continues a track when its centre is within this many track-box
             diagonals of the track's last centre.
-        snapshots: Write a JPEG of the frame with the best box of every event.
+        snapshots: Write a JPEG of the frame where each event starts, its box drawn in.
     """
 
     min_hits: int = 3
