@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # and 0.15, although their grey levels match their blurred plates on 76-93 % of pixels (sky and asphalt),
 # which is why grey levels are not the test. Below this the camera is treated as moving.
 MIN_STABLE_SHARE = 0.5
+# Scales around a fitted perspective tiling (tiles 0.7x, 1x and 1.4x the fitted side).
+PERSPECTIVE_SCALES = (1.41, 1.0, 0.71)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,9 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
     fit = fit_perspective(scan.blobs_xyxy, scan.frame_wh)
     if fit is not None and not tiling.dense:
         fraction = car_fraction or float(detector.card.training.get("car_fraction", 0.8))
-        tiling = dataclasses.replace(tiling, perspective=perspective_tiling(fit, scan.frame_wh, fraction))
+        # The fitted size already follows the row; the scales only cover cars 0.7-1.4x the row's typical width.
+        tiling = dataclasses.replace(tiling, perspective=perspective_tiling(fit, scan.frame_wh, fraction),
+                                     scales=PERSPECTIVE_SCALES)
     else:
         log.warning("too few moving objects in %s to fit a perspective tiling: the card's tiling stays", video)
     # Score the plate as the detector will see this camera, with the fitted tiling.
