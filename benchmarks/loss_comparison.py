@@ -162,6 +162,7 @@ def _epoch(task: str, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spread(values: list[float]) -> str:
+    """Percent mean ± sample standard deviation over seeds, and the worst seed."""
     if not values:
         return "n/a"
     mean = statistics.fmean(values)
@@ -185,7 +186,7 @@ def render(results: dict[str, Any]) -> str:
         baseline = _final(section["runs"], "softmax" if task != "n2o" else "n2o")
         if task == "n2o":
             lines += ["| loss | mean F1 at threshold (mean ± sd over seeds) | positive F1 | negative F1 | "
-                      "negatives exactly at the origin | train s/run |", "|---|---|---|---|---|---|"]
+                      "negatives exactly at the origin | train s/run | status |", "|---|---|---|---|---|---|---|"]
         else:
             lines += ["| loss | final test accuracy % (mean ± sd over seeds) | vs softmax (pt) | best epoch acc % | "
                       "train s/run | status |", "|---|---|---|---|---|---|"]
@@ -200,7 +201,7 @@ def render(results: dict[str, Any]) -> str:
                 origin = [statistics.fmean(v for k, v in r["history"][-1]["at_origin"].items() if k != "automobile")
                           for r in runs]
                 lines.append(f"| `{spec}` | {_spread(finals)} | {_spread(pos)} | {_spread(neg)} | {_spread(origin)} % "
-                             f"| {seconds:.0f} |")
+                             f"| {seconds:.0f} | {status} |")
                 continue
             diff = f"{100 * (statistics.fmean(finals) - baseline):+.2f}" \
                 if finals and baseline is not None and spec != "softmax" else ""

@@ -48,6 +48,7 @@ def test_gradient_descent_pulls_negatives_to_origin(make_loss):
 
 @pytest.mark.parametrize("make_loss", FORMULATIONS)
 def test_gradient_descent_pushes_positives_away_from_origin(make_loss):
+    torch.manual_seed(0)  # n2o-softmax's random 2-way head decides the CE direction; unseeded this was flaky
     loss = make_loss()
     z = torch.tensor([[0.1, 0.2, 0.05, 0.1]], requires_grad=True)
     loss(z, torch.tensor([True])).backward()
