@@ -155,6 +155,11 @@ def build_config(cls: type[C], yaml_path: str | os.PathLike[str] | None = None, 
         shown = [k if k.isprintable() and k and k.strip() == k else repr(k) for k in unknown]  # one line, visible
         raise ValueError(f"unknown config key(s) {', '.join(shown)}{where} for {cls.__name__}: "
                          f"expected some of {', '.join(sorted(fields))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f" in {yaml_path}" if yaml_path is not None else ""
+        raise ValueError(f"missing required key(s) {', '.join(map(repr, missing))}{where} for {cls.__name__}")
     kwargs = {}
     for name, value in values.items():
         try:
