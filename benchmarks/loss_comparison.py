@@ -68,7 +68,7 @@ def decode_once() -> None:
 
     The training loop only reads the arrays (subsets are copies), so sharing them between runs is safe.
     """
-    import patchdet.training.train as loop
+    import patchdet.training.run_data as loop
 
     original = loop.load_image_set
     cache: dict[tuple, Any] = {}

@@ -204,8 +204,24 @@ def nms_indices(xyxy: np.ndarray, score: np.ndarray, iou_threshold: float) -> np
     return np.asarray(keep, dtype=np.int64)
 
 
+def nested_fraction(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """float [N, M]: the intersection of each pair over the smaller box's area (1 = one box lies inside the other)."""
+    a = np.asarray(a_xyxy, dtype=np.float64)[:, None, :]
+    b = np.asarray(b_xyxy, dtype=np.float64)[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    smaller = np.minimum((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]), (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]))
+    return np.where(smaller > 0, iw * ih / np.where(smaller > 0, smaller, 1), 0)
+
+
+# A box that lies this much inside a higher-scoring box of its class (or holds one that much) is the same object
+# seen at another scale: tiles of scale 1 and 0.5 nest with an IoU of only 0.25, under any NMS threshold.
+NESTED_FRACTION = 0.8
+
+
 def merge_nms(dets: Detections, iou_threshold: float = 0.3) -> Detections:
-    """Per-class non-maximum suppression (OpenCV's ``NMSBoxes``); sorted by descending score. Idempotent."""
+    """Per-class non-maximum suppression (OpenCV's ``NMSBoxes``), then nested boxes of one object dropped
+    (``NESTED_FRACTION``); sorted by descending score. Idempotent."""
     if len(dets) == 0:
         return Detections.empty()
     keep = []
@@ -219,7 +235,12 @@ def merge_nms(dets: Detections, iou_threshold: float = 0.3) -> Detections:
         keep.append(idx[np.asarray(kept, dtype=np.int64).reshape(-1)])
     kept = np.concatenate(keep)
     kept = kept[np.argsort(-dets.score[kept], kind="stable")]
-    return dets[kept]
+    final: list[int] = []
+    for i in kept:  # by descending score: keep a box unless it nests with a better one of its class
+        same = [j for j in final if dets.class_id[j] == dets.class_id[i]]
+        if not same or nested_fraction(dets.xyxy[[i]], dets.xyxy[same]).max() < NESTED_FRACTION:
+            final.append(int(i))
+    return dets[np.asarray(final, dtype=np.int64)]
 
 
 def merge_fused(dets: Detections, iou_threshold: float = 0.3) -> Detections:

@@ -116,6 +116,14 @@ class CameraWorker:
     def _run(self) -> None:
         stop = self.service.stop_event
         delay = 0.5
+
+        def back_off(state: str, message: str) -> float:
+            """Report the camera down, wait (or stop), and return the next, doubled delay."""
+            self._set_state(state, message)
+            self.ready.set()
+            stop.wait(delay)
+            return min(delay * 2.0, OPEN_RETRY_MAX_S)
+
         while not stop.is_set():
             try:
                 source = open_source(self.config.source, self._options())
@@ -123,21 +131,14 @@ class CameraWorker:
                 message = str(exc).splitlines()[0]
                 if self.state != "unreachable":
                     logger.error("camera %s: %s; retrying with back-off", self.config.name, message)
-                self._set_state("unreachable", message)
-                self.ready.set()
-                stop.wait(delay)
-                delay = min(delay * 2.0, OPEN_RETRY_MAX_S)
+                delay = back_off("unreachable", message)
                 continue
             try:
                 with source:
                     finished = self._consume(source)
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not end the others
-                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 logger.exception("camera %s failed; restarting it in %.1f s", self.config.name, delay)
-                self._set_state("error", message)
-                self.ready.set()
-                stop.wait(delay)
-                delay = min(delay * 2.0, OPEN_RETRY_MAX_S)
+                delay = back_off("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
             delay = 0.5
             if finished or not self.config.loop:

@@ -186,7 +186,7 @@ def test_pod_under_ddp_averages_the_mean_norm_over_ranks(three_class_folder, tmp
     script = tmp_path / "ddp_pod.py"
     script.write_text(
         "from training.config import TrainConfig\n"
-        "from training.train import train\n"
+        "from patchdet.training.train import train\n"
         f"train(TrainConfig(data={str(three_class_folder)!r}, val_data={str(three_class_folder)!r}, arch='smallcnn',"
         f" input_size=16, latent_dim=8, loss='pod', epochs=1, batch_size=4, optimizer='sgd', lr=0.05,"
         f" out={str(tmp_path / 'ddp')!r}, tensorboard=False))\n"

@@ -111,7 +111,7 @@ def test_ddp_with_two_cpu_processes_on_gloo(tiny_folder, tmp_path):
     script.write_text(
         "import sys\n"
         "from training.config import TrainConfig\n"
-        "from training.train import train\n"
+        "from patchdet.training.train import train\n"
         f"train(TrainConfig(data={str(tiny_folder)!r}, positive='car', negatives=('bird', 'cat'), input_size=32,"
         f" epochs=1, batch_size=8, out={str(tmp_path / 'ddp')!r}, val_fraction=0.25, tensorboard=False))\n"
     )

@@ -32,15 +32,12 @@ from patchdet.runtime.config import config_to_dict, write_config
 from patchdet.training.checkpoint import load_checkpoint, save_checkpoint
 from patchdet.training.config import TrainConfig
 from patchdet.training.data import (
-    AugmentedImages,
     ImageSet,
-    load_block_split,
-    load_image_set,
     normalize_on_device,
-    stratified_split,
 )
 from patchdet.training.losses import LOSS_HEADS, build_loss
 from patchdet.training.models import get_model
+from patchdet.training.run_data import data_summary, load_run_data, training_dataset
 from patchdet.training.tasks import class_list_for, make_task
 
 log = logging.getLogger(__name__)
@@ -103,66 +100,6 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-# -- data -----------------------------------------------------------------------
-
-
-def _load_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
-    train_set, val_set = _load_main_data(cfg, class_names)
-    if not cfg.extra_negatives:
-        return train_set, val_set
-    extra = load_image_set(cfg.extra_negatives, list(cfg.extra_negative_classes), cfg.input_size, "train",
-                           cfg.max_extra_per_class, cfg.seed, cfg.download_root)
-    extra.class_names = tuple(f"extra:{name}" for name in extra.class_names)
-    extra_train, extra_val = stratified_split(extra.labels.numpy(), cfg.val_fraction or 0.1, cfg.seed)
-    merged_train = train_set.extended(extra.subset(extra_train))
-    return merged_train, val_set.extended(extra.subset(extra_val))
-
-
-def _load_main_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
-    if cfg.split == "blocks" and not cfg.val_data:
-        if cfg.data.startswith("torchvision:"):
-            raise ValueError(f"split 'blocks' needs an ImageFolder tree with source sub-folders, not {cfg.data}")
-        return load_block_split(cfg.data, class_names, cfg.input_size, cfg.val_fraction, cfg.max_per_class, cfg.seed)
-    full = load_image_set(cfg.data, class_names, cfg.input_size, "train", cfg.max_per_class, cfg.seed,
-                          cfg.download_root)
-    if cfg.val_data:
-        val = load_image_set(cfg.val_data, list(full.class_names), cfg.input_size, "test", None, cfg.seed,
-                             cfg.download_root)
-        return full, val
-    if cfg.val_fraction == 0:
-        raise ValueError("no validation data: give --val-data DIR or a --val-fraction above 0")
-    train_idx, val_idx = stratified_split(full.labels.numpy(), cfg.val_fraction, cfg.seed)
-    train_set = full.subset(train_idx)
-    train_set.skipped, train_set.resized_from = full.skipped, full.resized_from
-    return train_set, full.subset(val_idx)
-
-
-def _training_dataset(cfg: TrainConfig, train_set: ImageSet):
-    if cfg.augment.kind == "tiles":
-        from patchdet.training.synthesis import TileSynthesis
-
-        # The main tree's negative classes are the road backgrounds cars get pasted on; extras are used as they are.
-        backgrounds = tuple(range(1, 1 + len(cfg.negatives)))
-        return TileSynthesis(train_set, cfg.augment, backgrounds)
-    return AugmentedImages(train_set, cfg.augment)
-
-
-def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> dict[str, Any]:
-    return {
-        "source": cfg.data,
-        "train_counts": train_set.counts(),
-        "val_counts": val_set.counts(),
-        "skipped_unreadable": len(train_set.skipped),
-        "resized_from": {f"{w}x{h}": n for (w, h), n in train_set.resized_from.items()},
-        "input_size": cfg.input_size,
-        "split": cfg.split if not cfg.val_data else "val_data",
-        **({"terms": cfg.data_terms} if cfg.data_terms else {}),
-        "augment": cfg.augment.kind,
-        "extra_negatives": ({"source": cfg.extra_negatives, "classes": list(cfg.extra_negative_classes)}
-                            if cfg.extra_negatives else None),
-    }
-
-
 # -- evaluation helper shared with evaluate.py ----------------------------------
 
 
@@ -210,7 +147,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     elif last_path.exists():
         raise FileExistsError(f"run folder {run_dir} already holds a checkpoint: pass --resume or choose another --out")
 
-    train_set, val_set = _load_data(cfg, class_list_for(head, cfg))
+    train_set, val_set = load_run_data(cfg, class_list_for(head, cfg))
     task = make_task(head, cfg, train_set.class_names)
     summary = data_summary(train_set, val_set, cfg)
     if is_main:
@@ -236,7 +173,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
 
-    dataset = _training_dataset(cfg, train_set)
+    dataset = training_dataset(cfg, train_set)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) \
         if world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -249,29 +186,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     start_epoch, best_metric, history = 1, -math.inf, []
     if resume_state is not None:
-        model.load_state_dict(resume_state["state_dict"])
-        if "loss_module" in resume_state:
-            loss_fn.load_state_dict(resume_state["loss_module"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler") is not None:
-            if resume_state["config"].get("epochs") == cfg.epochs:
-                scheduler.load_state_dict(resume_state["scheduler"])
-            else:  # a longer (or shorter) run: same schedule shape, stretched, fast-forwarded
-                log.warning("epochs changed from %s to %d: the learning-rate schedule is recomputed",
-                            resume_state["config"].get("epochs"), cfg.epochs)
-                with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
-                    warnings.simplefilter("ignore", UserWarning)
-                    for _ in range(min(int(resume_state["epoch"]) * steps_per_epoch, cfg.epochs * steps_per_epoch)):
-                        scheduler.step()
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if hasattr(loss_fn, "load_state") and resume_state.get("loss_state"):
-            loss_fn.load_state(resume_state["loss_state"])
-        start_epoch = int(resume_state["epoch"]) + 1
-        best_metric = float(resume_state.get("best_metric", -math.inf))
-        history = list(resume_state.get("history", []))
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        generator.set_state(resume_state["rng"]["loader"])
+        start_epoch, best_metric, history = _restore(resume_state, cfg, model, loss_fn, optimizer, scheduler, scaler,
+                                                     generator, steps_per_epoch)
         if is_main:
             log.info("resumed from %s at epoch %d", last_path, start_epoch)
         if start_epoch > cfg.epochs:
@@ -292,37 +208,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_model.train()
         loss_fn.train()
         task.begin_epoch(loss_fn, epoch)
-        started = time.monotonic()
-        loss_sum, seen, lr_used = 0.0, 0, optimizer.param_groups[0]["lr"]
-        bar = progress(loader, desc=f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch)
-        for step, (images, labels) in enumerate(bar):
-            images = normalize_on_device(images.to(device, non_blocking=True), mean, std)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            with autocast:
-                loss = task.loss(train_model, loss_fn, images, labels)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch} step {step}: stopped; the last good checkpoint "
-                    f"is {last_path if last_path.exists() else 'none (first epoch)'}; try a lower --lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            lr_used = optimizer.param_groups[0]["lr"]  # this batch's lr (the scheduler steps to the next one below)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += float(loss.detach()) * labels.shape[0]
-            seen += labels.shape[0]
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr_used:.2e}")
-        train_seconds = time.monotonic() - started
+        loss_sum, seen, lr_used, train_seconds = _train_epoch(
+            cfg, epoch, progress(loader, desc=f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch), train_model,
+            loss_fn, task, optimizer, scheduler, scaler, autocast, device, mean, std, last_path)
         task.epoch_end(loss_fn, {"model": model, "train_set": train_set, "device": device})
 
         if world > 1:
@@ -364,6 +252,69 @@ def train(cfg: TrainConfig) -> TrainResult:
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(run_dir, best_path, last_path, len(history), best_metric, history)
+
+
+def _restore(resume_state: dict[str, Any], cfg: TrainConfig, model, loss_fn, optimizer, scheduler, scaler,
+             generator, steps_per_epoch: int) -> tuple[int, float, list]:
+    """Load a ``last.pt``'s weights and training state; (first epoch to run, best metric, history)."""
+    model.load_state_dict(resume_state["state_dict"])
+    if "loss_module" in resume_state:
+        loss_fn.load_state_dict(resume_state["loss_module"])
+    optimizer.load_state_dict(resume_state["optimizer"])
+    if scheduler is not None and resume_state.get("scheduler") is not None:
+        if resume_state["config"].get("epochs") == cfg.epochs:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        else:  # a longer (or shorter) run: same schedule shape, stretched, fast-forwarded
+            log.warning("epochs changed from %s to %d: the learning-rate schedule is recomputed",
+                        resume_state["config"].get("epochs"), cfg.epochs)
+            with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(min(int(resume_state["epoch"]) * steps_per_epoch, cfg.epochs * steps_per_epoch)):
+                    scheduler.step()
+    if scaler is not None and resume_state.get("scaler"):
+        scaler.load_state_dict(resume_state["scaler"])
+    if hasattr(loss_fn, "load_state") and resume_state.get("loss_state"):
+        loss_fn.load_state(resume_state["loss_state"])
+    torch.set_rng_state(resume_state["rng"]["torch"])
+    generator.set_state(resume_state["rng"]["loader"])
+    return (int(resume_state["epoch"]) + 1, float(resume_state.get("best_metric", -math.inf)),
+            list(resume_state.get("history", [])))
+
+
+
+def _train_epoch(cfg: TrainConfig, epoch: int, bar, train_model, loss_fn, task, optimizer, scheduler, scaler, autocast,
+                 device, mean, std, last_path: Path) -> tuple[float, int, float, float]:
+    """One pass over the loader; (summed loss, samples seen, the last batch's lr, seconds)."""
+    started = time.monotonic()
+    loss_sum, seen, lr_used = 0.0, 0, optimizer.param_groups[0]["lr"]
+    for step, (images, labels) in enumerate(bar):
+        images = normalize_on_device(images.to(device, non_blocking=True), mean, std)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast:
+            loss = task.loss(train_model, loss_fn, images, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {epoch} step {step}: stopped; the last good checkpoint "
+                f"is {last_path if last_path.exists() else 'none (first epoch)'}; try a lower --lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        lr_used = optimizer.param_groups[0]["lr"]  # this batch's lr (the scheduler steps to the next one below)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += float(loss.detach()) * labels.shape[0]
+        seen += labels.shape[0]
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr_used:.2e}")
+    return loss_sum, seen, lr_used, time.monotonic() - started
 
 
 _RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "loss_module")

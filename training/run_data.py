@@ -1,0 +1,74 @@
+"""The data of one training run: the train/validation split, extra negatives, the augmented dataset, a summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from patchdet.training.config import TrainConfig
+from patchdet.training.data import (
+    AugmentedImages,
+    ImageSet,
+    load_block_split,
+    load_image_set,
+    stratified_split,
+)
+
+
+def load_run_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
+    """(train, validation) image sets: the main tree split as the config says, plus any extra negatives."""
+    train_set, val_set = _load_main_data(cfg, class_names)
+    if not cfg.extra_negatives:
+        return train_set, val_set
+    extra = load_image_set(cfg.extra_negatives, list(cfg.extra_negative_classes), cfg.input_size, "train",
+                           cfg.max_extra_per_class, cfg.seed, cfg.download_root)
+    extra.class_names = tuple(f"extra:{name}" for name in extra.class_names)
+    extra_train, extra_val = stratified_split(extra.labels.numpy(), cfg.val_fraction or 0.1, cfg.seed)
+    merged_train = train_set.extended(extra.subset(extra_train))
+    return merged_train, val_set.extended(extra.subset(extra_val))
+
+
+def _load_main_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
+    if cfg.split == "blocks" and not cfg.val_data:
+        if cfg.data.startswith("torchvision:"):
+            raise ValueError(f"split 'blocks' needs an ImageFolder tree with source sub-folders, not {cfg.data}")
+        return load_block_split(cfg.data, class_names, cfg.input_size, cfg.val_fraction, cfg.max_per_class, cfg.seed)
+    full = load_image_set(cfg.data, class_names, cfg.input_size, "train", cfg.max_per_class, cfg.seed,
+                          cfg.download_root)
+    if cfg.val_data:
+        val = load_image_set(cfg.val_data, list(full.class_names), cfg.input_size, "test", None, cfg.seed,
+                             cfg.download_root)
+        return full, val
+    if cfg.val_fraction == 0:
+        raise ValueError("no validation data: give --val-data DIR or a --val-fraction above 0")
+    train_idx, val_idx = stratified_split(full.labels.numpy(), cfg.val_fraction, cfg.seed)
+    train_set = full.subset(train_idx)
+    train_set.skipped, train_set.resized_from = full.skipped, full.resized_from
+    return train_set, full.subset(val_idx)
+
+
+def training_dataset(cfg: TrainConfig, train_set: ImageSet):
+    """The dataset the loader draws from: tile synthesis (``--augment tiles``) or per-image augmentation."""
+    if cfg.augment.kind == "tiles":
+        from patchdet.training.synthesis import TileSynthesis
+
+        # The main tree's negative classes are the road backgrounds cars get pasted on; extras are used as they are.
+        backgrounds = tuple(range(1, 1 + len(cfg.negatives)))
+        return TileSynthesis(train_set, cfg.augment, backgrounds)
+    return AugmentedImages(train_set, cfg.augment)
+
+
+def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> dict[str, Any]:
+    """What the checkpoint (and so every model card) says about the training data."""
+    return {
+        "source": cfg.data,
+        "train_counts": train_set.counts(),
+        "val_counts": val_set.counts(),
+        "skipped_unreadable": len(train_set.skipped),
+        "resized_from": {f"{w}x{h}": n for (w, h), n in train_set.resized_from.items()},
+        "input_size": cfg.input_size,
+        "split": cfg.split if not cfg.val_data else "val_data",
+        **({"terms": cfg.data_terms} if cfg.data_terms else {}),
+        "augment": cfg.augment.kind,
+        "extra_negatives": ({"source": cfg.extra_negatives, "classes": list(cfg.extra_negative_classes)}
+                            if cfg.extra_negatives else None),
+    }
