@@ -29,13 +29,10 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="ARTIFACT", help="exported model (.onnx/.xml/.engine) with its card "
-                       "(default: the built-in DisCNN-8 car model)")
+def _add_detector_args(group) -> None:
+    """The detector settings every command that runs a model shares (``DetectorSettings``)."""
     group.add_argument("--card", metavar="JSON", help="use this model card instead of the artifact's own "
                        "(e.g. one written by patchdet calibrate)")
-    group.add_argument("--backend", choices=_BACKENDS, help="inference engine (auto says what it picked)")
     group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads (unset: the engine's default)")
     group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels, resized to the "
                        "model input (unset: the card's tiling)")
@@ -44,6 +41,14 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                        "twice as large; unset: the card's)")
     group.add_argument("--dense", action="store_true", default=None,
                        help="score every window of a dense (fully-convolutional) export in one pass")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="ARTIFACT", help="exported model (.onnx/.xml/.engine) with its card "
+                       "(default: the built-in DisCNN-8 car model)")
+    group.add_argument("--backend", choices=_BACKENDS, help="inference engine (auto says what it picked)")
+    _add_detector_args(group)
     group.add_argument("--config", metavar="YAML", help="settings file; command-line options override it")
 
 
@@ -171,15 +176,10 @@ def add_evaluate_detections_args(parser: argparse.ArgumentParser) -> None:
                        "recall, precision, false alarms per frame, detections on car-free frames")
     group.add_argument("--images", metavar="DIR", help="folder the image file names are relative to "
                        "(default: the JSON's folder)")
-    group.add_argument("--card", metavar="JSON", help="use this model card instead of the artifact's own")
-    group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads")
-    group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels (default: the model input)")
-    group.add_argument("--stride", type=int, metavar="N", help="step between tiles in pixels (default: --tile)")
-    group.add_argument("--scales", metavar="S[,S...]", help="scales to tile the frame at, e.g. 1,0.5")
+    _add_detector_args(group)
     group.add_argument("--threshold", type=_number, metavar="T", help="decision threshold (default: the card's)")
     group.add_argument("--merge", choices=("connected", "nms", "fuse", "none"),
                        help="how positive tiles become boxes (default: the card's)")
-    group.add_argument("--dense", action="store_true", default=None, help="score a dense export in one pass")
 
 
 def run_evaluate_detections(args: argparse.Namespace) -> int:
