@@ -6,6 +6,7 @@ Skipped with a reason when no ``mosquitto`` binary is installed (Debian: ``apt-g
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -44,8 +45,11 @@ class Broker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.conf = folder / "mosquitto.conf"
+        # Started as root, mosquitto drops to its own user, which cannot write the persistence file into
+        # pytest's private temporary folder: sessions were then lost across the restart (seen in CI runs as root).
+        keep_user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {folder}/\n", encoding="utf-8")
+                             f"persistence_location {folder}/\n{keep_user}", encoding="utf-8")
         self.log = folder / "mosquitto.log"
         self.process = None
         self.start()
