@@ -35,3 +35,19 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed:
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data", {"car": 24, "bird": 16, "cat": 16, "truck": 8, "deer": 8})
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """A tiny modulus ONNX model with its card: bright patches score high (``tests.fixtures_onnx``)."""
+    from tests.fixtures_onnx import write_model
+
+    return write_model(tmp_path / "models" / "bright.onnx", "modulus")
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    """A 10-frame 160x96 MJPG clip of a white square moving right (``tests.runtime_media``)."""
+    from tests.runtime_media import moving_square_frames, write_video
+
+    return write_video(tmp_path / "square.avi", moving_square_frames(10))

@@ -64,3 +64,12 @@ def read_video(path: Path) -> list[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
+
+
+def detect_cfg(model, source, **changes):
+    """A ``DetectConfig`` for the tiny fixtures: ONNX Runtime, one thread, 32 px tiles every 16 px, no progress log."""
+    from patchdet.runtime.run import DetectConfig
+
+    base = dict(model=str(model), source=str(source), backend="onnxruntime", threads=1, tile=32, stride=16,
+                log_every_s=0)
+    return DetectConfig(**{**base, **changes})

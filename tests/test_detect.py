@@ -16,26 +16,16 @@ from patchdet.runtime.card import read_card, write_card
 from patchdet.runtime.run import DetectConfig, config_path_for, detect, load_detect_config
 from patchdet.runtime.tiling_config import tiling_for_card
 from tests.fixtures_onnx import write_model
-from tests.runtime_media import corrupt_mjpeg_frame, moving_square_frames, read_video, square_box, write_video
+from tests.runtime_media import (
+    corrupt_mjpeg_frame,
+    detect_cfg,
+    moving_square_frames,
+    read_video,
+    square_box,
+)
 
 SUMMARY_KEYS = {"frames", "seconds", "fps", "backend", "latency_ms", "dropped_frames", "reconnects",
                 "corrupt_frames", "detections"}
-
-
-@pytest.fixture
-def model(tmp_path):
-    return write_model(tmp_path / "models" / "bright.onnx", "modulus")
-
-
-@pytest.fixture
-def video(tmp_path):
-    return write_video(tmp_path / "square.avi", moving_square_frames(10))
-
-
-def _cfg(model, source, **changes) -> DetectConfig:
-    base = dict(model=str(model), source=str(source), backend="onnxruntime", threads=1, tile=32, stride=16,
-                log_every_s=0)
-    return DetectConfig(**{**base, **changes})
 
 
 def _overlaps(box, ref) -> bool:
@@ -44,7 +34,7 @@ def _overlaps(box, ref) -> bool:
 
 def test_detect_writes_every_output(tmp_path, model, video):
     out = tmp_path / "out"
-    cfg = _cfg(model, video, jsonl=str(out / "d.jsonl"), save_video=str(out / "v.mp4"),
+    cfg = detect_cfg(model, video, jsonl=str(out / "d.jsonl"), save_video=str(out / "v.mp4"),
                summary=str(out / "s.json"), crops=str(out / "crops"), heatmap=True)
     summary = detect(cfg)
     assert SUMMARY_KEYS <= set(summary)
@@ -66,11 +56,11 @@ def test_detect_writes_every_output(tmp_path, model, video):
 
 
 def test_max_frames_vid_stride_and_threshold(tmp_path, model, video):
-    summary = detect(_cfg(model, video, max_frames=3, vid_stride=2, jsonl=str(tmp_path / "d.jsonl")))
+    summary = detect(detect_cfg(model, video, max_frames=3, vid_stride=2, jsonl=str(tmp_path / "d.jsonl")))
     assert summary["frames"] == 3 and summary["stopped_by"] == "max_frames"
     frames = [json.loads(line)["frame"] for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert frames == [0, 2, 4]
-    silent = detect(_cfg(model, video, threshold=1e6))
+    silent = detect(detect_cfg(model, video, threshold=1e6))
     assert silent["detections"] == 0 and silent["threshold"] == pytest.approx(1e6)
 
 
@@ -82,20 +72,20 @@ def test_image_folder_with_a_corrupt_image(tmp_path, model):
     for i, frame in enumerate(moving_square_frames(3)):
         cv2.imwrite(str(folder / f"{i}.png"), frame)
     (folder / "1x.jpg").write_bytes(b"\xff\xd8 broken")
-    summary = detect(_cfg(model, folder))
+    summary = detect(detect_cfg(model, folder))
     assert summary["frames"] == 3 and summary["corrupt_frames"] == 1
 
 
 def test_corrupt_video_frame_is_skipped(tmp_path, model, video):
     corrupt_mjpeg_frame(video, 4)
-    summary = detect(_cfg(model, video, save_video=str(tmp_path / "v.avi")))
+    summary = detect(detect_cfg(model, video, save_video=str(tmp_path / "v.avi")))
     assert summary["frames"] == 9 and summary["corrupt_frames"] == 1
     assert len(read_video(tmp_path / "v.avi")) == 9
 
 
 def test_dense_model(tmp_path, video):
     dense = write_model(tmp_path / "dense.onnx", "dense")
-    summary = detect(_cfg(dense, video, dense=True, jsonl=str(tmp_path / "d.jsonl")))
+    summary = detect(detect_cfg(dense, video, dense=True, jsonl=str(tmp_path / "d.jsonl")))
     assert summary["frames"] == 10 and summary["tiling"]["dense"] is True
     first = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
     assert first["boxes"] and all(_overlaps(b, square_box(0)) for b in first["boxes"])
@@ -114,7 +104,7 @@ def test_ctrl_c_leaves_complete_outputs(tmp_path, model, video, monkeypatch):
         return real_infer(self, batch)
 
     monkeypatch.setattr(Detector, "infer", infer)
-    summary = detect(_cfg(model, video, jsonl=str(tmp_path / "d.jsonl"), save_video=str(tmp_path / "v.mp4")))
+    summary = detect(detect_cfg(model, video, jsonl=str(tmp_path / "d.jsonl"), save_video=str(tmp_path / "v.mp4")))
     assert summary["interrupted"] is True and summary["frames"] == 3
     assert len(read_video(tmp_path / "v.mp4")) == 3
     assert [json.loads(line)["frame"] for line in (tmp_path / "d.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -132,7 +122,7 @@ def test_backend_is_warmed_up_before_the_first_frame(tmp_path, model, video, mon
         return real_infer(self, batch)
 
     monkeypatch.setattr(Detector, "infer", infer)
-    summary = detect(_cfg(model, video, max_frames=5))
+    summary = detect(detect_cfg(model, video, max_frames=5))
     assert summary["frames"] == 5 and summary["warmup_ms"] > 0
     assert len(calls) == 5 + WARMUP_CALLS and len(set(calls)) == 1  # warm-up on the first frame's batch shape
     assert summary["latency_ms"]["infer"]["count"] == 5  # warm-up calls are not timed as inference

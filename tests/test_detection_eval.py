@@ -20,6 +20,7 @@ import pytest
 from patchdet.cli import main
 from patchdet.runtime.evaluation import load_labelled_frames, score_detector
 from tests.fixtures_onnx import white_square_frame, write_model
+from tests.no_torch import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_WH = (160, 96)
@@ -213,17 +214,9 @@ def test_labels_and_data_are_exclusive(tmp_path, square_set, capsys):
     assert "exclusive" in capsys.readouterr().err
 
 
-CHILD = textwrap.dedent(
+CHILD = BLOCK_TORCH + textwrap.dedent(
     r"""
-    import importlib.abc, json, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "onnx"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
+    import json
     from patchdet.cli import main
     code = main(["-q", "evaluate", sys.argv[1], "--labels", sys.argv[2], "--json", sys.argv[3], "--tile", "32",
                  "--threads", "1"])

@@ -19,25 +19,9 @@ import pytest
 from patchdet.runtime.atomic import atomic_write_json
 from patchdet.runtime.run import DetectConfig, detect
 from tests.fixtures_onnx import write_model
-from tests.runtime_media import moving_square_frames, read_video, write_video
+from tests.runtime_media import detect_cfg, moving_square_frames, read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def model(tmp_path):
-    return write_model(tmp_path / "models" / "bright.onnx", "modulus")
-
-
-@pytest.fixture
-def video(tmp_path):
-    return write_video(tmp_path / "square.avi", moving_square_frames(10))
-
-
-def _cfg(model, source, **changes) -> DetectConfig:
-    base = dict(model=str(model), source=str(source), backend="onnxruntime", threads=1, tile=32, stride=16,
-                log_every_s=0)
-    return DetectConfig(**{**base, **changes})
 
 
 def _patchdet(*args: str, **kwargs) -> subprocess.Popen:
@@ -116,7 +100,7 @@ def test_detect_refuses_special_outputs_before_writing_anything(tmp_path, model,
         path = path.rename(path.with_suffix(".mp4"))
     listing, before = sorted(p.name for p in tmp_path.iterdir()), os.lstat(path)
     with pytest.raises(OSError, match="not a regular file"):
-        detect(_cfg(model, video, **{option: str(path)}))
+        detect(detect_cfg(model, video, **{option: str(path)}))
     assert (os.lstat(path).st_mode, os.lstat(path).st_ino) == (before.st_mode, before.st_ino)
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no .config.yaml beside it
 
@@ -139,8 +123,8 @@ def test_jsonl_to_a_pipe_gets_no_side_file(tmp_path, model, video):
     from patchdet.runtime.run import config_path_for
 
     os.mkfifo(tmp_path / "stream.jsonl")
-    assert config_path_for(_cfg(model, video, jsonl=str(tmp_path / "stream.jsonl"))) is None
-    cfg = _cfg(model, video, jsonl=str(tmp_path / "stream.jsonl"), summary=str(tmp_path / "s.json"))
+    assert config_path_for(detect_cfg(model, video, jsonl=str(tmp_path / "stream.jsonl"))) is None
+    cfg = detect_cfg(model, video, jsonl=str(tmp_path / "stream.jsonl"), summary=str(tmp_path / "s.json"))
     assert config_path_for(cfg) == tmp_path / "s.config.yaml"
 
 
@@ -159,7 +143,7 @@ def test_crop_names_from_the_card_stay_in_the_crops_folder(tmp_path, video):
     model = write_model(tmp_path / "models" / "evil.onnx", "modulus", class_names=("x/../../ESCAPED",),
                         positive_class="x/../../ESCAPED")
     crops = tmp_path / "deep" / "crops"
-    summary = detect(_cfg(model, video, crops=str(crops), max_frames=2))
+    summary = detect(detect_cfg(model, video, crops=str(crops), max_frames=2))
     assert summary["detections"] > 0
     written = sorted(crops.iterdir())
     assert any("ESCAPED" in p.name for p in written)
@@ -171,7 +155,7 @@ def test_crop_names_from_the_card_stay_in_the_crops_folder(tmp_path, video):
 @pytest.mark.parametrize("threshold", [-1.0, -0.5])
 def test_negative_threshold_on_a_modulus_head_is_refused(tmp_path, model, video, threshold):
     with pytest.raises(ValueError, match="threshold"):
-        detect(_cfg(model, video, threshold=threshold, max_frames=1))
+        detect(detect_cfg(model, video, threshold=threshold, max_frames=1))
 
 
 # -- 8. configs built from Python are checked like files ----------------------------
@@ -195,14 +179,14 @@ def test_card_that_disagrees_with_the_model_names_the_field(tmp_path, video, cha
     card_path = tmp_path / "other.card.json"
     card_path.write_text(json.dumps({**json.loads(read_artifact_card(model).to_json()), **changes}))
     with pytest.raises(ValueError, match=field):
-        detect(_cfg(model, video, card=str(card_path), max_frames=1))
+        detect(detect_cfg(model, video, card=str(card_path), max_frames=1))
 
 
 @pytest.mark.parametrize("sidecar", [True, False], ids=["card-file", "embedded-card"])
 def test_model_whose_own_card_disagrees_with_its_graph_is_refused(tmp_path, video, sidecar):
     model = write_model(tmp_path / "m.onnx", "modulus", card=sidecar, input_wh=(64, 64))
     with pytest.raises(ValueError, match="input_wh 64x64 does not match"):
-        detect(_cfg(model, video, max_frames=1))
+        detect(detect_cfg(model, video, max_frames=1))
 
 
 def test_cli_card_mismatch_is_one_line_exit_2(tmp_path, video):

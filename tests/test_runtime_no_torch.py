@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_onnx import write_model
+from tests.no_torch import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,17 +61,8 @@ CHILD = textwrap.dedent(
     """
 )
 
-HELP_CHILD = textwrap.dedent(
+HELP_CHILD = BLOCK_TORCH + textwrap.dedent(
     r"""
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "onnx"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
     from patchdet.cli import main
     code = main(["detect", "--help"])
     """
@@ -99,17 +91,8 @@ def test_patchdet_detect_help_without_torch():
     assert "usage:" in proc.stdout and "detect" in proc.stdout
 
 
-BENCH_CHILD = textwrap.dedent(
+BENCH_CHILD = BLOCK_TORCH + textwrap.dedent(
     r"""
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "onnx"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
     from patchdet.cli import main
     code = main(["bench", sys.argv[1], "--out", sys.argv[2], "--frames", "128x96", "--tilings", "tiled",
                  "--backends", "onnxruntime", "--repeats", "3", "--warmup", "0", "--clip-frames", "2"])

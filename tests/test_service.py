@@ -19,13 +19,8 @@ from patchdet.runtime.service import Service, keep_in_zones
 from patchdet.runtime.service_config import EventConfig, load_site_config
 from patchdet.runtime.settings import DetectorSettings, load_detector
 from patchdet.runtime.shared_model import SharedModel, camera_view
-from tests.fixtures_onnx import white_square_frame, write_model
+from tests.fixtures_onnx import white_square_frame
 from tests.runtime_media import moving_square_frames, write_video
-
-
-@pytest.fixture
-def model(tmp_path):
-    return write_model(tmp_path / "models" / "bright.onnx", "modulus")
 
 
 @pytest.fixture
