@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from patchdet.runtime.backends import load_backend
+from patchdet.runtime.backends.fastest import resolve_auto_backend
 from patchdet.runtime.builtin import builtin_model
 from patchdet.runtime.card import ModelCard, read_artifact_card, read_card
 from patchdet.runtime.decisions import decide_tiles, decision_rule
@@ -115,12 +116,11 @@ class Detector:
         self.rule = decision_rule(card, threshold, norm_gate)
         self.pool = BufferPool() if reuse_buffers else None
         self.tiler = Tiler(card, self.tiling, self.pool)
-        options = dict(backend_options or {})
-        if backend == "auto":  # the fastest engine that keeps the artifact's numerics (measured once per machine)
-            from patchdet.runtime.backends.fastest import fastest_backend
-
-            backend, measured = fastest_backend(self.artifact, tuple(card.input_wh), threads, card.dense)
-            options = {**measured, **options}
+        if card.head == "modulus" and self.rule.threshold < 0:
+            # the score is a norm: a negative threshold marks every patch (one whole-frame box), silently
+            raise ValueError(f"threshold {self.rule.threshold:g} is invalid for {card.name!r}: a modulus head's "
+                             "score is a norm, expected a number >= 0")
+        backend, options = resolve_auto_backend(self.artifact, card, backend, threads, dict(backend_options or {}))
         self.backend = load_backend(self.artifact, backend, threads, **options)
         self.backend_name: str = self.backend.name
         check_card_matches_model(card, getattr(self.backend, "input_shape", None), self.artifact)

@@ -63,6 +63,7 @@ class DetectorSettings:
 def load_detector(settings: DetectorSettings, **detector_options: Any):
     """The ``Detector`` some settings ask for (card defaults filled in); backend failures become one-line ``OSError``."""
     from patchdet.runtime.backends import BackendError, MissingBackendError, resolve_backend_name
+    from patchdet.runtime.backends.fastest import resolve_auto_backend
     from patchdet.runtime.builtin import builtin_model
     from patchdet.runtime.card import read_artifact_card, read_card
     from patchdet.runtime.detector import Detector
@@ -75,19 +76,10 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
     else:
         model = builtin_model(settings.dense)
     card = read_artifact_card(model) if settings.card is None else read_card(settings.card)
-    if card.head == "modulus" and isinstance(settings.threshold, int | float) and settings.threshold < 0:
-        # the score is a norm: a negative threshold marks every patch (one whole-frame box), silently
-        raise ValueError(f"threshold {settings.threshold:g} is invalid for {card.name!r}: a modulus head's score "
-                         "is a norm, expected a number >= 0")
     tiling = tiling_for_card(card, settings.tile, settings.stride, settings.scales, settings.dense or card.dense,
                              settings.merge)
     options = dict(detector_options.pop("backend_options", None) or {})
-    backend = settings.backend
-    if backend == "auto":  # the fastest engine that keeps the artifact's numerics, measured once per machine
-        from patchdet.runtime.backends.fastest import fastest_backend
-
-        backend, measured_options = fastest_backend(model, tuple(card.input_wh), settings.threads, card.dense)
-        options = {**measured_options, **options}
+    backend, options = resolve_auto_backend(model, card, settings.backend, settings.threads, options)
     # Spin-waiting ONNX Runtime threads starve the pipeline's reader and writer threads on a small CPU.
     if resolve_backend_name(model, backend) == "onnxruntime":
         options.setdefault("spinning", False)

@@ -330,3 +330,8 @@ def test_max_batch_splits_calls_without_changing_results(model_dir):
     assert calls == [16] * 9 + [9]
     with pytest.raises(ValueError, match="max_batch 0 is invalid"):
         Detector(model_dir / "modulus.onnx", tiling=tiling, max_batch=0)
+
+
+def test_negative_threshold_on_a_modulus_head_is_refused_from_python_too(model_dir):
+    with pytest.raises(ValueError, match="threshold -1 is invalid .* a modulus head's score is a norm"):
+        Detector(model_dir / "modulus.onnx", threshold=-1.0, tiling=TILE32)

@@ -104,3 +104,13 @@ def fastest_backend(path: str | Path, input_wh: tuple[int, int], threads: int | 
         except OSError as exc:  # a read-only home must not stop detection
             logger.debug("cannot write %s: %s", cache_file, exc)
     return best, options
+
+
+def resolve_auto_backend(artifact: str | Path, card: Any, backend: str, threads: int | None,
+                         options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``backend`` as given, or for ``auto`` the fastest engine that keeps the artifact's numerics (measured once
+    per machine); the measured options go under the caller's own ``options``."""
+    if backend != "auto":
+        return backend, options
+    name, measured = fastest_backend(artifact, tuple(card.input_wh), threads, card.dense)
+    return name, {**measured, **options}
