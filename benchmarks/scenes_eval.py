@@ -5,7 +5,11 @@ exported models, ``benchmarks.hog_svm`` for the classical baseline), each
 writing its full report to ``benchmarks/results/scenes_eval/<name>.json``,
 then collects the headline numbers into ``benchmarks/results/scenes_eval.{md,json}``.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.scenes_eval [--only NAME] [--collect-only]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.scenes_eval [--only NAME] [--collect-only] \
+        [--cascade cars.xml --haar-python /path/to/python-with-opencv4]
+
+The Haar cascade row needs a car cascade file (``--cascade``, not shipped) and an OpenCV 4 Python
+(``--haar-python``; OpenCV 5 has no ``CascadeClassifier``); without ``--cascade`` it is skipped.
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ DETECTORS: dict[str, tuple[str, str]] = {
         f"patchdet evaluate runtime/assets/discnn8_automobile.onnx --labels {LABELS} --backend onnxruntime "
         f"--json {{json}}",
     ),
+    "discnn8_car64_patch": (
+        "the same model's per-tile export (`runtime/assets/discnn8_car64.onnx`, what `--tile`/`--stride` and the "
+        "motion gate run): the same windows and scales, but an explicit grid every half tile (a quarter would be "
+        "about 9,000 tiles per frame)",
+        f"patchdet evaluate runtime/assets/discnn8_car64.onnx --labels {LABELS} --backend onnxruntime "
+        f"--json {{json}}",
+    ),
     "hog_svm": (
         "HOG (YCrCb, 9x8x2) + linear SVM on ../shared/data/vehicles, windows 48-192 px, NMS 0.3, decision > 0",
         f"python -m benchmarks.hog_svm --labels {LABELS} --model-cache /tmp/patchdet_hog_svm.pkl --json {{json}}",
@@ -54,18 +65,28 @@ DETECTORS: dict[str, tuple[str, str]] = {
         f"python -m benchmarks.hog_svm --labels {LABELS} --model-cache /tmp/patchdet_hog_svm.pkl --threshold 1 "
         f"--json {{json}}",
     ),
+    "haar_cascade": (
+        "OpenCV Haar cascade `cars.xml` (andrewssobral/vehicle_detection_haarcascades, rear views on freeways; not "
+        "shipped), detectMultiScale scale 1.1, 3 neighbours, windows from 24 px",
+        f"haar-python -m benchmarks.haar_cascade --cascade {{cascade}} --labels {LABELS} --json {{json}}",
+    ),
 }
 COLUMNS = (("ap50", "AP50"), ("recall", "recall"), ("precision", "precision"),
            ("false_alarms_per_frame", "FA/frame"), ("empty_frame_detections", "car-free dets"), ("fps", "fps"))
 
 
-def run(name: str) -> None:
+def run(name: str, cascade: Path | None = None, haar_python: str | None = None) -> None:
     _, command = DETECTORS[name]
+    if "{cascade}" in command and cascade is None:
+        print(f"{name}: skipped (no --cascade)")
+        return
     REPORTS.mkdir(parents=True, exist_ok=True)
-    argv = shlex.split(command.format(json=REPORTS / f"{name}.json"))
+    argv = shlex.split(command.format(json=REPORTS / f"{name}.json", cascade=cascade))
     exe = Path(sys.executable).parent
     if argv[0] in ("patchdet", "python"):  # this environment's entry points
         argv[0] = str(exe / argv[0]) if argv[0] == "patchdet" else sys.executable
+    elif argv[0] == "haar-python":
+        argv[0] = haar_python or sys.executable
     subprocess.run(argv, cwd=ROOT, check=True)
 
 
@@ -82,7 +103,7 @@ def collect() -> dict:
         if not path.is_file():
             continue
         report = json.loads(path.read_text(encoding="utf-8"))
-        rows[name] = {"what": what, "command": command.format(json=path.relative_to(ROOT)),
+        rows[name] = {"what": what, "command": command.format(json=path.relative_to(ROOT), cascade="cars.xml"),
                       **{key: report.get(key) for key, _ in COLUMNS},
                       "recall_by_width_px": {k: v["recall"] for k, v in report["recall_by_width_px"].items()},
                       "by_source": {k: {m: v.get(m) for m in ("ap50", "recall", "precision", "false_alarms_per_frame",
@@ -146,10 +167,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(DETECTORS), help="run only this detector")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table from the reports")
+    parser.add_argument("--cascade", type=Path, help="Haar cascade XML for the haar_cascade row (skipped without)")
+    parser.add_argument("--haar-python", help="Python with OpenCV 4 for the haar_cascade row (default: this one)")
     args = parser.parse_args()
     if not args.collect_only:
         for name in args.only or DETECTORS:
-            run(name)
+            run(name, args.cascade, args.haar_python)
     collect()
     print((RESULTS / "scenes_eval.md").read_text(encoding="utf-8"))
     return 0

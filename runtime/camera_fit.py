@@ -123,6 +123,20 @@ def perspective_tiling(fit: PerspectiveFit, frame_wh: Sequence[int], car_fractio
     return a, b
 
 
+def scales_for_fit(tiling, fit: PerspectiveFit, frame_wh: Sequence[int], spread: float = 1.4) -> tuple[float, ...]:
+    """Dense mode: the tiling's scales whose tile width frames the cars this camera shows.
+
+    The fitted car width between the rows where cars moved gives the widths to expect; scales whose tile
+    (at this frame size) is more than ``spread`` times narrower than the narrowest or wider than the widest
+    are dropped: they can only find things that are not cars here. All scales stay when none would.
+    """
+    widths = [fit.a + fit.b * y for y in fit.rows]
+    low, high = min(widths) / spread, max(widths) * spread
+    kept = tuple(scale for scale, effective in zip(tiling.scales, tiling.scales_for(frame_wh), strict=True)
+                 if low <= tiling.tile_wh[0] / effective <= high)
+    return kept or tiling.scales
+
+
 @dataclass
 class VideoScan:
     """One pass over a camera's footage: frames kept for the plate, moving blobs, and how long it was."""
@@ -213,6 +227,8 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
         # The fitted size already follows the row; the scales only cover cars 0.7-1.4x the row's typical width.
         tiling = dataclasses.replace(tiling, perspective=perspective_tiling(fit, scan.frame_wh, fraction),
                                      scales=PERSPECTIVE_SCALES)
+    elif fit is not None:  # dense: one canvas for all scales, so keep the scales that match this camera's cars
+        tiling = dataclasses.replace(tiling, scales=scales_for_fit(tiling, fit, scan.frame_wh))
     else:
         log.warning("too few moving objects in %s to fit a perspective tiling: the card's tiling stays", video)
     # Score the plate as the detector will see this camera, with the fitted tiling.
@@ -220,7 +236,12 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
 
     tiler = Tiler(detector.card, tiling, None)
     prepared = tiler(plate)
-    score, _, candidate = detector.tile_decisions(detector.infer(prepared.batch), dense=tiling.dense)
+    outputs = detector.infer(prepared.batch)
+    score, _, candidate = detector.tile_decisions(outputs, dense=tiling.dense)
+    if tiling.dense:  # windows across two scales of the canvas are no tiles
+        map_hw = np.asarray(next(iter(outputs.values()))).shape[-2:]
+        boxes = tiler.dense_boxes_for((int(map_hw[0]), int(map_hw[1])), prepared.frame_wh)
+        candidate &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     plate_max = float(score[candidate].max()) if candidate.any() else 0.0
     threshold = max(float(detector.card.threshold), plate_max * (1.0 + margin))
     return {

@@ -29,7 +29,7 @@ from patchdet.runtime.decisions import decide_tiles, decision_rule
 from patchdet.runtime.detections import Detections, merge_boxes
 from patchdet.runtime.inference import BatchInference
 from patchdet.runtime.preprocess import BufferPool, Prepared, Tiler
-from patchdet.runtime.tiling import coverage_max, dense_coverage_max
+from patchdet.runtime.tiling import coverage_max
 from patchdet.runtime.tiling_config import TilingConfig, tiling_for_card
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Detector:
                  threads: int | None = None, norm_gate: float | None = None, card: ModelCard | str | Path | None = None,
                  backend_options: Mapping[str, Any] | None = None, max_batch: int | None = 256,
                  reuse_buffers: bool = True) -> None:
-        self.artifact = Path(model) if model is not None else builtin_model(dense=bool(tiling and tiling.dense))
+        self.artifact = Path(model) if model is not None else builtin_model(patch=tiling is not None and not tiling.dense)
         if card is None:
             card = read_artifact_card(self.artifact)
         elif not isinstance(card, ModelCard):
@@ -107,7 +107,7 @@ class Detector:
         self.card: ModelCard = card
         tiling = tiling if tiling is not None else tiling_for_card(card, dense=card.dense)
         if card.dense and not tiling.dense:  # a dense artifact can only run dense
-            tiling = dataclasses.replace(tiling, dense=True, scales=tiling.scales[:1])
+            tiling = dataclasses.replace(tiling, dense=True, perspective=None)
         self.tiling = tiling
         if self.tiling.dense and not card.dense:
             raise ValueError(f"dense mode needs a dense export, but {self.artifact.name!r} is a patch model: "
@@ -126,8 +126,8 @@ class Detector:
         check_card_matches_model(card, getattr(self.backend, "input_shape", None), self.artifact)
         self.inference = BatchInference(self.backend, max_batch, self.pool)
         if self.dense:
-            logger.info("dense mode: windows of %s px every %.1f frame px", self.tiling.tile_wh,
-                        card.dense_stride / self.tiler.dense_scale)
+            logger.info("dense mode: windows of %s frame px at scales %s, every %d model px (a quarter of a "
+                        "window at 64 px)", self.tiling.tile_wh, self.tiling.scales, card.dense_stride)
 
     # -- thresholds ---------------------------------------------------------
     @property
@@ -234,11 +234,11 @@ class Detector:
     def heatmap(self, result: FrameResult) -> np.ndarray:
         """float32 [H, W]: per pixel, the highest score of the tiles covering it (0 where none); kept in the result."""
         if result.heatmap is None:
-            if result.dense_map_hw is not None:
-                result.heatmap = dense_coverage_max(result.tile_scores.reshape(result.dense_map_hw), self.card.input_wh,
-                                                    self.card.dense_stride, result.frame_wh, 1.0 / self.tiler.dense_scale)
-            else:
-                result.heatmap = coverage_max(result.frame_wh, result.tile_xyxy, result.tile_scores)
+            boxes, scores = result.tile_xyxy, result.tile_scores
+            if result.dense_map_hw is not None:  # tens of thousands of windows: draw the ones that show
+                keep = (scores > 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                boxes, scores = boxes[keep], scores[keep]
+            result.heatmap = coverage_max(result.frame_wh, boxes, scores)
         return result.heatmap
 
     def describe(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from patchdet.runtime.tiling import dense_window_boxes
+from patchdet.runtime.tiling import MosaicLayout, mosaic_layout, mosaic_window_boxes
 
 
 @dataclass(frozen=True)
@@ -151,55 +151,48 @@ def normalize_blob(blob: np.ndarray, norm: Normalization) -> np.ndarray:
     return blob
 
 
-def frame_to_blob(
+def mosaic_to_blob(
     frame_bgr: np.ndarray,
-    scale: float,
-    multiple: int,
-    min_wh: Sequence[int],
+    layout: MosaicLayout,
     norm: Normalization,
     pool: BufferPool | None = None,
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """A whole frame as one normalised input for a dense (fully-convolutional) model.
+) -> np.ndarray:
+    """A frame at every scale of a mosaic layout as one normalised input for a dense (fully-convolutional) model.
 
-    The frame is resized by ``scale`` and zero-padded (after normalisation, so
-    padding equals the mean colour) on the right and bottom to a multiple of
-    ``multiple`` and at least ``min_wh``.
+    Each level is the frame resized to ``level.size_wh`` (area interpolation when shrinking), placed at
+    its offset; everything else (each level's padding up to the stride, unused canvas) is 0 after
+    normalisation, i.e. the mean colour, as the zero padding of a patch model's convolutions.
 
     Args:
         frame_bgr: uint8 [H, W, 3].
-        scale: Resize factor (1.0: none).
-        multiple: Padded width and height are multiples of this (the dense stride).
-        min_wh: Smallest padded size (the model's window).
+        layout: ``runtime.tiling.mosaic_layout`` of this frame size.
         norm: Normalisation of the model card.
-        pool: Optional buffer pool for the padded result.
+        pool: Optional buffer pool for the canvas.
 
     Returns:
-        (float32 [1, 3, Hp, Wp], (w, h) of the resized frame before padding).
+        float32 [1, 3, canvas_h, canvas_w].
     """
-    h, w = frame_bgr.shape[:2]
-    if scale != 1.0:
-        w, h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-        frame_bgr = cv2.resize(frame_bgr, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    pad_w = max(-(-w // multiple) * multiple, int(min_wh[0]))
-    pad_h = max(-(-h // multiple) * multiple, int(min_wh[1]))
-    if (pad_w, pad_h) != (w, h):  # pad the uint8 frame (cheap), normalise once, then zero the pad
-        frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, pad_h - h, 0, pad_w - w, cv2.BORDER_CONSTANT, value=0)
-    # One pass straight into a pooled buffer: a fresh 25 MB blob per 1080p frame page-faults, and a second
-    # copy into the padded buffer doubled the cost of this stage.
-    out = pool.take((1, 3, pad_h, pad_w), key=("dense",)) if pool is not None else None
-    params = norm.blob_params((pad_w, pad_h))
-    if params is not None:
-        blob = cv2.dnn.blobFromImageWithParams(frame_bgr, params) if out is None else \
-            cv2.dnn.blobFromImageWithParams(frame_bgr, out, params)
-    else:
-        blob = normalize_blob(cv2.dnn.blobFromImage(frame_bgr, 1.0 / 255.0, (pad_w, pad_h), (0, 0, 0), norm.swap_rb,
-                                                    False), norm)
-    if out is not None and blob is not out:  # OpenCV reallocated, or the fallback path
-        out[...] = blob
-        blob = out
-    blob[:, :, h:, :] = 0.0  # padding is 0 after normalisation (the mean colour)
-    blob[:, :, :h, w:] = 0.0
-    return blob, (w, h)
+    canvas_w, canvas_h = layout.canvas_wh
+    shape = (1, 3, canvas_h, canvas_w)
+    blob = pool.take(shape, key=("dense",)) if pool is not None else None
+    blob = np.zeros(shape, np.float32) if blob is None else blob
+    if pool is not None:
+        blob.fill(0.0)  # a recycled canvas holds the last frame's pixels where this layout has padding
+    frame_h, frame_w = frame_bgr.shape[:2]
+    for level in layout.levels:
+        (w, h), (x, y) = level.size_wh, level.offset_xy
+        if (w, h) == (frame_w, frame_h):
+            resized = frame_bgr
+        else:
+            resized = cv2.resize(frame_bgr, (w, h), interpolation=cv2.INTER_AREA if w < frame_w else cv2.INTER_LINEAR)
+        params = norm.blob_params((w, h))
+        if params is not None:
+            part = cv2.dnn.blobFromImageWithParams(resized, params)
+        else:
+            part = normalize_blob(cv2.dnn.blobFromImage(resized, 1.0 / 255.0, (w, h), (0, 0, 0), norm.swap_rb,
+                                                        False), norm)
+        blob[:, :, y:y + h, x:x + w] = part
+    return blob
 
 
 @dataclass
@@ -211,13 +204,13 @@ class Prepared:
         tiles_xyxy: int32 [N, 4] tile boxes in frame pixels (dense: empty; the
             window boxes follow from the score map, ``Tiler.dense_boxes_for``).
         frame_wh: (width, height) of the frame.
-        dense_scale: Frame resize factor of dense mode (model pixels per frame pixel).
+        layout: Where each scale sits in the dense canvas (dense mode), else None.
     """
 
     batch: np.ndarray
     tiles_xyxy: np.ndarray
     frame_wh: tuple[int, int]
-    dense_scale: float | None = None
+    layout: MosaicLayout | None = None
 
 
 class Tiler:
@@ -232,14 +225,7 @@ class Tiler:
     def __init__(self, card, tiling, pool: BufferPool | None) -> None:
         self.card, self.tiling, self.pool = card, tiling, pool
         self.normalization = Normalization(card.mean, card.std, swap_rb=card.color_order.upper() == "RGB")
-        self._cache: dict[tuple, np.ndarray] = {}
-        self.dense_scale: float | None = None
-        if tiling.dense:
-            (window_w, window_h), (tile_w, tile_h) = card.input_wh, tiling.tile_wh
-            if window_w * tile_h != window_h * tile_w:
-                raise ValueError(f"tile size {tile_w}x{tile_h} is invalid in dense mode: expected the model's aspect "
-                                 f"ratio ({window_w}x{window_h})")
-            self.dense_scale = window_w / tile_w * tiling.scales[0]
+        self._cache: dict[tuple, object] = {}
 
     def tiles_for(self, frame_wh: tuple[int, int]) -> np.ndarray:
         """int32 [N, 4] tile boxes for a frame size (cached per size)."""
@@ -250,15 +236,22 @@ class Tiler:
             self._cache[key] = grid
         return grid
 
+    def layout_for(self, frame_wh: tuple[int, int]) -> MosaicLayout:
+        """Dense mode: where each scale of a frame of this size sits in the canvas (cached per size)."""
+        key = ("layout", int(frame_wh[0]), int(frame_wh[1]))
+        layout = self._cache.get(key)
+        if layout is None:
+            layout = mosaic_layout(key[1:], self.card.input_wh, self.tiling.tile_wh,
+                                   self.tiling.scales_for(key[1:]), self.card.dense_stride)
+            self._cache[key] = layout
+        return layout
+
     def dense_boxes_for(self, map_hw: tuple[int, int], frame_wh: tuple[int, int]) -> np.ndarray:
-        """int32 [rows * cols, 4] frame-pixel boxes of a dense score map's windows, clipped to the frame (cached)."""
-        key = (map_hw, (int(frame_wh[0]), int(frame_wh[1])))
+        """int32 [rows * cols, 4] frame-pixel boxes of a dense score map's windows (empty across levels; cached)."""
+        key = ("boxes", tuple(int(v) for v in map_hw), int(frame_wh[0]), int(frame_wh[1]))
         boxes = self._cache.get(key)
         if boxes is None:
-            window_xyxy = dense_window_boxes(map_hw, self.card.input_wh, self.card.dense_stride)
-            boxes = np.round(window_xyxy / self.dense_scale).astype(np.int32)
-            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, key[1][0])
-            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, key[1][1])
+            boxes = mosaic_window_boxes(self.layout_for(frame_wh), map_hw, self.card.input_wh, self.card.dense_stride)
             boxes.setflags(write=False)  # shared by every frame of this size
             self._cache[key] = boxes
         return boxes
@@ -275,12 +268,9 @@ class Tiler:
         frame = as_bgr(frame_bgr)
         frame_wh = (frame.shape[1], frame.shape[0])
         if self.tiling.dense:
-            if frame_wh[0] < self.tiling.tile_wh[0] or frame_wh[1] < self.tiling.tile_wh[1]:
-                raise ValueError(f"frame size {frame_wh[0]}x{frame_wh[1]} is smaller than the tile "
-                                 f"{self.tiling.tile_wh[0]}x{self.tiling.tile_wh[1]}: expected a larger frame")
-            blob, _ = frame_to_blob(frame, self.dense_scale, self.card.dense_stride, self.card.input_wh,
-                                    self.normalization, self.pool)
-            return Prepared(blob, np.zeros((0, 4), np.int32), frame_wh, self.dense_scale)
+            layout = self.layout_for(frame_wh)
+            blob = mosaic_to_blob(frame, layout, self.normalization, self.pool)
+            return Prepared(blob, np.zeros((0, 4), np.int32), frame_wh, layout)
         tiles = self.tiles_for(frame_wh)
         in_w, in_h = self.card.input_wh
         out = self.pool.take((len(tiles), 3, in_h, in_w)) if self.pool is not None else None

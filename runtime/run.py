@@ -90,6 +90,11 @@ class DetectConfig(DetectorSettings):
     motion_threshold: float = 3.0
     motion_refresh: int = 50
 
+    @property
+    def needs_patch_model(self) -> bool:
+        """Explicit tiles or the motion gate (it re-scores single tiles) need the per-tile patch model."""
+        return self.motion_gate or self.tile is not None or self.stride is not None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_ints(self, ("max_frames",))

@@ -260,7 +260,10 @@ class Service:
                 settings = camera_settings(config, camera)
                 key = model_key(settings)
                 if key not in self.models:
-                    detector = load_detector(settings)
+                    detector = load_detector(settings, patch_model=True)  # tiles of several cameras in one call
+                    if detector.dense:
+                        raise ValueError(f"camera {camera.name!r}: model {detector.artifact.name} is a dense export; "
+                                         "serve scores tiles of several cameras in one call: expected a patch model")
                     # Memory planning on the first calls takes seconds: do it before the cameras start.
                     w, h = detector.card.input_wh
                     detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))

@@ -47,6 +47,11 @@ class DetectorSettings:
     dense: bool = False
     merge: str | None = None
 
+    @property
+    def needs_patch_model(self) -> bool:
+        """Explicit tiles were asked for (a tile size or stride), which a dense model cannot score."""
+        return self.tile is not None or self.stride is not None
+
     def __post_init__(self) -> None:
         check_positive_ints(self, ("tile", "stride", "threads"))
         if self.threshold is not None:
@@ -60,8 +65,12 @@ class DetectorSettings:
             raise ValueError(f"merge {self.merge!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
 
 
-def load_detector(settings: DetectorSettings, **detector_options: Any):
-    """The ``Detector`` some settings ask for (card defaults filled in); backend failures become one-line ``OSError``."""
+def load_detector(settings: DetectorSettings, *, patch_model: bool = False, **detector_options: Any):
+    """The ``Detector`` some settings ask for (card defaults filled in); backend failures become one-line ``OSError``.
+
+    ``patch_model``: the caller scores single tiles (several cameras' tiles in one batch), so the built-in
+    default is its per-tile model rather than the dense one.
+    """
     from patchdet.runtime.backends import BackendError, MissingBackendError, resolve_backend_name
     from patchdet.runtime.backends.fastest import resolve_auto_backend
     from patchdet.runtime.builtin import builtin_model
@@ -74,7 +83,7 @@ def load_detector(settings: DetectorSettings, **detector_options: Any):
         if not model.is_file():
             raise FileNotFoundError(f"model file {settings.model} does not exist")
     else:
-        model = builtin_model(settings.dense)
+        model = builtin_model(patch=(patch_model or settings.needs_patch_model) and not settings.dense)
     card = read_artifact_card(model) if settings.card is None else read_card(settings.card)
     tiling = tiling_for_card(card, settings.tile, settings.stride, settings.scales, settings.dense or card.dense,
                              settings.merge)

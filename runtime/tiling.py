@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -228,56 +229,6 @@ def coverage_max(frame_wh: Sequence[int], boxes_xyxy: np.ndarray, values: np.nda
     return out
 
 
-def dense_coverage_max(
-    score_map: np.ndarray,
-    window_wh: int | Sequence[int],
-    stride: int,
-    frame_wh: Sequence[int],
-    frame_per_model_px: float = 1.0,
-) -> np.ndarray:
-    """Per-pixel maximum score of the dense windows covering each pixel.
-
-    Works on cells of ``stride`` pixels: cell (a, b) is covered by windows
-    (i, j) with ``a - k < i <= a`` (``k = ceil(window / stride)`` cells per
-    window side), so a separable sliding maximum gives the cell map, which is
-    then expanded to pixels. Cost is independent of the window size.
-
-    Args:
-        score_map: float [Hs, Ws] window scores.
-        window_wh: Window size in model pixels.
-        stride: Window step in model pixels.
-        frame_wh: Output size ``(width, height)`` in frame pixels.
-        frame_per_model_px: Frame pixels per model pixel (``1 / dense_scale``).
-
-    Returns:
-        float32 [H, W]; pixels no window covers hold 0.
-    """
-    scores = np.asarray(score_map, dtype=np.float32)
-    rows, cols = scores.shape
-    win_w, win_h = as_wh(window_wh, "window size")
-    (step, _) = as_wh(stride, "dense stride")
-    kx, ky = -(-win_w // step), -(-win_h // step)
-    cells = np.full((rows + ky - 1, cols + kx - 1), -np.inf, dtype=np.float32)
-    out_rows = np.full((rows + ky - 1, cols), -np.inf, dtype=np.float32)
-    for dy in range(ky):
-        np.maximum(out_rows[dy:dy + rows], scores, out=out_rows[dy:dy + rows])
-    for dx in range(kx):
-        np.maximum(cells[:, dx:dx + cols], out_rows, out=cells[:, dx:dx + cols])
-    cells[~np.isfinite(cells)] = 0.0
-    pixels = np.repeat(np.repeat(cells, step, axis=0), step, axis=1)  # model pixels of the padded frame
-    w, h = (int(v) for v in frame_wh)
-    if frame_per_model_px != 1.0:
-        import cv2
-
-        size = (max(1, int(round(pixels.shape[1] * frame_per_model_px))),
-                max(1, int(round(pixels.shape[0] * frame_per_model_px))))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_NEAREST)
-    out = np.zeros((h, w), dtype=np.float32)
-    ch, cw = min(h, pixels.shape[0]), min(w, pixels.shape[1])
-    out[:ch, :cw] = pixels[:ch, :cw]
-    return out
-
-
 def perspective_grid(frame_wh: Sequence[int], size_at_row: tuple[float, float], stride_fraction: float = 0.5,
                      min_tile: int = 16) -> np.ndarray:
     """Square tiles whose side grows with the image row, for a fixed camera looking down a road.
@@ -315,3 +266,106 @@ def perspective_grid(frame_wh: Sequence[int], size_at_row: tuple[float, float], 
             break
         y += step
     return np.concatenate(rows, axis=0).astype(np.int32)
+
+
+# -- multi-scale dense mode: every scale of a frame packed into one canvas ---------------------------------
+
+
+@dataclass(frozen=True)
+class MosaicLevel:
+    """One scale of a frame inside a mosaic canvas.
+
+    Attributes:
+        scale_xy: Model pixels per frame pixel along x and y (tiles need not have the model's aspect).
+        size_wh: The resized frame's size in canvas pixels.
+        offset_xy: Its top-left corner in the canvas (multiples of the dense stride).
+        padded_wh: The area it owns in the canvas: ``size_wh`` rounded up to the stride and at least one window.
+    """
+
+    scale_xy: tuple[float, float]
+    size_wh: tuple[int, int]
+    offset_xy: tuple[int, int]
+    padded_wh: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MosaicLayout:
+    """Where each scale of a frame sits in the one canvas a dense model scores (``mosaic_layout``)."""
+
+    frame_wh: tuple[int, int]
+    canvas_wh: tuple[int, int]
+    levels: tuple[MosaicLevel, ...]
+
+
+def mosaic_layout(frame_wh: Sequence[int], window_wh: int | Sequence[int], tile_wh: int | Sequence[int],
+                  scales: Sequence[float], stride: int) -> MosaicLayout:
+    """Pack a frame at several scales into one canvas, so one dense pass scores windows of every scale.
+
+    At scale ``s`` a window of the model (``window_wh`` model pixels) covers ``tile_wh / s`` frame
+    pixels, so the frame is resized by ``window_wh * s / tile_wh`` per axis. Levels are placed on
+    shelves (tallest first, left to right, the canvas as wide as the widest level) at offsets that are
+    multiples of ``stride``, so every level starts on the score map's cell grid. Scales whose resized
+    frame is smaller than one window along an axis are left out.
+
+    Args:
+        frame_wh: Frame size ``(width, height)``.
+        window_wh: The dense model's window (its patch input size).
+        tile_wh: Tile size in frame pixels at scale 1.
+        scales: Positive scale factors (as ``multiscale_grid``: 0.5 = tiles twice as large).
+        stride: The dense model's step in model pixels.
+
+    Raises:
+        ValueError: When no scale fits (the frame is smaller than every tile).
+    """
+    frame_w, frame_h = as_wh(tuple(frame_wh), "frame size")
+    win_w, win_h = as_wh(window_wh, "window size")
+    tile_w, tile_h = as_wh(tile_wh, "tile size")
+    (step, _) = as_wh(stride, "dense stride")
+    sized = []
+    for scale in scales:
+        sx, sy = win_w * float(scale) / tile_w, win_h * float(scale) / tile_h
+        w, h = int(round(frame_w * sx)), int(round(frame_h * sy))
+        if w < win_w or h < win_h:
+            continue
+        padded = (max(-(-w // step) * step, -(-win_w // step) * step), max(-(-h // step) * step,
+                                                                          -(-win_h // step) * step))
+        sized.append(((sx, sy), (w, h), padded))
+    if not sized:
+        raise ValueError(f"frame size {frame_w}x{frame_h} is smaller than the tile at every scale {tuple(scales)}: "
+                         "expected a larger frame or smaller tiles")
+    canvas_w = max(padded[0] for _, _, padded in sized)
+    levels = []
+    shelf_y, shelf_h, x = 0, 0, 0
+    for scale_xy, size, padded in sorted(sized, key=lambda item: -item[2][1]):
+        if x + padded[0] > canvas_w:
+            shelf_y, shelf_h, x = shelf_y + shelf_h, 0, 0
+        levels.append(MosaicLevel(scale_xy, size, (x, shelf_y), padded))
+        x += padded[0]
+        shelf_h = max(shelf_h, padded[1])
+    return MosaicLayout((frame_w, frame_h), (canvas_w, shelf_y + shelf_h), tuple(levels))
+
+
+def mosaic_window_boxes(layout: MosaicLayout, map_hw: Sequence[int], window_wh: int | Sequence[int],
+                        stride: int) -> np.ndarray:
+    """Frame-pixel boxes of a mosaic score map's windows; windows not inside one level get an empty box.
+
+    A window that lies inside a level's area (its padding included) maps back to the frame through that
+    level's scale and is clipped to the frame; a window across two levels or over unused canvas is
+    ``(0, 0, 0, 0)``, which callers treat as "no tile" (zero area).
+
+    Returns:
+        int32 [rows * cols, 4] boxes ``xyxy``, row-major like the score map.
+    """
+    windows = dense_window_boxes(map_hw, window_wh, stride).astype(np.float64)
+    boxes = np.zeros_like(windows)
+    frame_w, frame_h = layout.frame_wh
+    for level in layout.levels:
+        (ox, oy), (pw, ph), (sx, sy) = level.offset_xy, level.padded_wh, level.scale_xy
+        inside = ((windows[:, 0] >= ox) & (windows[:, 1] >= oy) & (windows[:, 2] <= ox + pw)
+                  & (windows[:, 3] <= oy + ph))
+        local = windows[inside] - (ox, oy, ox, oy)
+        boxes[inside] = local / (sx, sy, sx, sy)
+    boxes = np.round(boxes)
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, frame_w)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, frame_h)
+    return boxes.astype(np.int32)

@@ -28,14 +28,20 @@ class TilingConfig:
         scales: Scale factors (see ``multiscale_grid``; 0.5 = tiles twice as large).
         dense: Score every window of the dense export's stride in one pass;
             needs an artifact exported with ``dense=True``. The frame is resized
-            by ``input_wh / tile_wh`` so windows are ``tile_wh`` frame pixels;
+            by ``input_wh * scale / tile_wh`` per axis so windows are ``tile_wh / scale``
+            frame pixels, and all scales are packed into one canvas (``runtime.tiling.mosaic_layout``);
             ``stride_wh`` does not apply (windows step by the card's
-            ``dense_stride`` in model pixels).
+            ``dense_stride`` in model pixels, a quarter of a 64 px window).
         merge: ``connected``, ``nms``, ``fuse`` or ``none`` (``runtime.detections.merge_boxes``).
         iou_threshold: IoU above which ``nms`` suppresses a box.
         perspective: ``(a, b)``: tiles of side ``a + b * y`` frame pixels instead of a fixed tile size
             (``perspective_grid``; fitted to a fixed camera by ``patchdet calibrate --video``); the step is
             ``stride_wh / tile_wh`` of each row's tile, and ``scales`` multiply the side.
+        reference_height: Frame height the tile sizes are meant for: a taller frame gets tiles larger by
+            ``frame height / reference_height`` (the same tiles as that frame downscaled to this height), so a
+            1080p camera costs what a 360p one does and sees the same share of its picture. ``None``: tile
+            sizes are frame pixels at every resolution. Not applied to a fitted ``perspective`` (that is in the
+            camera's own pixels already).
     """
 
     tile_wh: tuple[int, int] = (96, 96)
@@ -45,6 +51,7 @@ class TilingConfig:
     merge: str = "connected"
     iou_threshold: float = 0.3
     perspective: tuple[float, float] | None = None
+    reference_height: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile_wh", as_wh(self.tile_wh, "tile size"))
@@ -55,8 +62,6 @@ class TilingConfig:
                 raise ValueError(f"scale {s!r} is invalid: expected a positive finite number")
         if not scales:
             raise ValueError("scales () is invalid: expected at least one positive scale")
-        if self.dense and len(scales) != 1:
-            raise ValueError(f"scales {scales} are invalid in dense mode: expected one scale")
         object.__setattr__(self, "scales", tuple(float(s) for s in scales))
         if self.merge not in MERGE_METHODS:
             raise ValueError(f"merge method {self.merge!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
@@ -69,11 +74,21 @@ class TilingConfig:
             if self.dense:
                 raise ValueError("perspective tiling is invalid in dense mode: expected a patch model")
             object.__setattr__(self, "perspective", values)
+        if self.reference_height is not None and (isinstance(self.reference_height, bool) or not isinstance(
+                self.reference_height, (int, np.integer)) or self.reference_height <= 0):
+            raise ValueError(f"reference height {self.reference_height!r} is invalid: expected a positive integer")
+
+    def scales_for(self, frame_wh: Sequence[int]) -> tuple[float, ...]:
+        """The scales a frame of this size is tiled at: ``scales`` shrunk for frames taller than ``reference_height``."""
+        if self.reference_height is None or self.perspective is not None or frame_wh[1] <= self.reference_height:
+            return self.scales
+        factor = self.reference_height / float(frame_wh[1])
+        return tuple(s * factor for s in self.scales)
 
     def grid(self, frame_wh: Sequence[int]) -> np.ndarray:
         """int32 [N, 4] tile boxes of a frame (``multiscale_grid``, or ``perspective_grid`` at every scale)."""
         if self.perspective is None:
-            return multiscale_grid(frame_wh, self.tile_wh, self.stride_wh, self.scales)
+            return multiscale_grid(frame_wh, self.tile_wh, self.stride_wh, self.scales_for(frame_wh))
         a, b = self.perspective
         fraction = self.stride_wh[0] / self.tile_wh[0]
         return np.concatenate([perspective_grid(frame_wh, (a / s, b / s), fraction) for s in self.scales])
@@ -110,8 +125,6 @@ def tiling_for_card(card: Any, tile: int | None = None, stride: int | None = Non
         settings["scales"] = tuple(scales)
     if merge is not None:
         settings["merge"] = merge
-    if dense:
-        settings["scales"] = tuple(settings.get("scales", (1.0,)))[:1]
     if tile is not None or stride is not None:  # fixed tiles asked for: a fitted perspective no longer applies
         settings.pop("perspective", None)
     for key in ("tile_wh", "stride_wh", "scales", "perspective"):

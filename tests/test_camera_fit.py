@@ -11,8 +11,10 @@ from patchdet.cli import main
 from patchdet.runtime.camera_fit import (
     background_plate,
     fit_perspective,
+    PerspectiveFit,
     perspective_tiling,
     plate_match_shares,
+    scales_for_fit,
 )
 from patchdet.runtime.tiling import perspective_grid
 from patchdet.runtime.tiling_config import TilingConfig, tiling_for_card
@@ -80,6 +82,17 @@ def test_perspective_fit_recovers_the_width_per_row():
     assert fit is not None and fit.a == pytest.approx(8, abs=1.5) and fit.b == pytest.approx(0.25, abs=0.03)
     assert perspective_tiling(fit, FRAME_WH, car_fraction=0.5, min_tile=4) == pytest.approx((2 * fit.a, 2 * fit.b))
     assert fit_perspective(blobs[:3], FRAME_WH) is None  # too few to fit
+
+
+def test_dense_calibration_keeps_the_scales_that_frame_this_cameras_cars():
+    tiling = TilingConfig((48, 32), dense=True, scales=(1.2, 0.96, 0.6, 0.3, 0.19), reference_height=360)
+    fit = PerspectiveFit(a=30.0, b=0.1, blobs=40, rows=(100, 300))  # cars 40 to 60 px wide
+    # tile widths 40, 50, 80, 160, 252 px: the ones within 1.4x of 40-60 px stay
+    assert scales_for_fit(tiling, fit, (640, 360)) == (1.2, 0.96, 0.6)
+    # a 720p frame gets tiles twice as wide: the same cars now need the scales of 20-42 px tiles
+    assert scales_for_fit(tiling, fit, (1280, 720)) == (1.2,)
+    far = PerspectiveFit(a=1000.0, b=0.0, blobs=40, rows=(100, 300))
+    assert scales_for_fit(tiling, far, (640, 360)) == tiling.scales  # nothing fits: keep them all
 
 
 def test_fixed_tile_flags_drop_a_fitted_perspective(tmp_path):

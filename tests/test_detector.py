@@ -154,8 +154,28 @@ def test_dense_pads_odd_frames_and_rescales(model_dir):
 def test_dense_needs_a_dense_artifact(model_dir):
     with pytest.raises(ValueError, match="dense mode needs a dense export"):
         Detector(model_dir / "modulus.onnx", tiling=TilingConfig(dense=True))
-    with pytest.raises(ValueError, match="tile size 64x32 is invalid in dense mode"):
-        Detector(model_dir / "dense.onnx", tiling=TilingConfig((64, 32), (64, 32), dense=True))
+
+
+def test_dense_mosaic_scores_every_scale_and_wide_tiles_in_one_call(model_dir):
+    frame = white_square_frame((160, 96), SQUARE)
+    single = Detector(model_dir / "dense.onnx", tiling=TilingConfig((32, 32), (16, 16), dense=True),
+                      backend="onnxruntime")
+    mosaic = Detector(model_dir / "dense.onnx", tiling=TilingConfig((32, 32), (16, 16), scales=(1.0, 0.5), dense=True),
+                      backend="onnxruntime")
+    a, b = single(frame), mosaic(frame)
+    sizes = {tuple(size) for size in (b.tile_xyxy[:, 2:] - b.tile_xyxy[:, :2]).tolist()}
+    assert {(32, 32), (64, 64)} <= sizes
+    # the scale-1 level sits at the canvas origin: its windows are the single-scale windows, same scores
+    # away from the level's far edges (there the next level's pixels replace zero padding)
+    by_box = {tuple(box): score for box, score in zip(b.tile_xyxy.tolist(), b.tile_scores.tolist(), strict=True)}
+    interior = (a.tile_xyxy[:, 2] < 160 - 16) & (a.tile_xyxy[:, 3] < 96 - 16)
+    for box, score in zip(a.tile_xyxy[interior].tolist(), a.tile_scores[interior].tolist(), strict=True):
+        assert by_box[tuple(box)] == pytest.approx(score, rel=1e-4, abs=1e-5)
+    wide = Detector(model_dir / "dense.onnx", tiling=TilingConfig((64, 32), (64, 32), dense=True),
+                    backend="onnxruntime")
+    boxes = wide(frame).tile_xyxy
+    full = boxes[(boxes[:, 2] - boxes[:, 0] == 64)]
+    assert len(full) and (full[:, 3] - full[:, 1] == 32).all()  # a 32x32 window covers 64x32 frame pixels
 
 
 def test_heatmap_is_max_of_covering_tiles(model_dir):
@@ -240,8 +260,13 @@ def test_tiling_config_validation():
         TilingConfig(stride_wh=-1)
     with pytest.raises(ValueError, match="merge method 'x' is unknown"):
         TilingConfig(merge="x")
-    with pytest.raises(ValueError, match="one scale"):
-        TilingConfig(dense=True, scales=(1.0, 2.0))
+    with pytest.raises(ValueError, match="reference height 0 is invalid"):
+        TilingConfig(reference_height=0)
+    assert TilingConfig(dense=True, scales=(1.0, 2.0)).scales == (1.0, 2.0)  # one mosaic canvas
+    tall = TilingConfig(tile_wh=32, scales=(1.0, 0.5), reference_height=360)
+    assert tall.scales_for((640, 360)) == (1.0, 0.5) and tall.scales_for((320, 180)) == (1.0, 0.5)
+    assert tall.scales_for((1920, 1080)) == pytest.approx((1 / 3, 1 / 6))  # 3x taller frame: 3x larger tiles
+    assert tall.grid((1920, 1080))[0].tolist() == [0, 0, 96, 96]
     assert TilingConfig(tile_wh=48).tile_wh == (48, 48)
 
 

@@ -1,9 +1,12 @@
-"""Frames to model input: the dense frame blob against a plain numpy reference."""
+"""Frames to model input: the dense (mosaic) frame blob against a plain numpy reference."""
 
 import numpy as np
 import pytest
 
-from patchdet.runtime.preprocess import BufferPool, Normalization, frame_to_blob
+import cv2
+
+from patchdet.runtime.preprocess import BufferPool, Normalization, mosaic_to_blob
+from patchdet.runtime.tiling import mosaic_layout, mosaic_window_boxes
 
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
@@ -20,25 +23,66 @@ def _reference(frame_bgr: np.ndarray, pad_wh: tuple[int, int]) -> np.ndarray:
     ("frame_wh", "padded_wh"),
     [
         ((128, 96), (128, 96)),  # already a multiple of the stride: no padding
-        ((100, 90), (112, 96)),  # padded right and bottom to multiples of 16
-        ((40, 30), (96, 96)),  # padded up to the model window
+        ((100, 97), (112, 112)),  # padded right and bottom to multiples of 16
     ],
 )
 def test_dense_blob_matches_reference_and_pads_with_zero(frame_wh, padded_wh):
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (frame_wh[1], frame_wh[0], 3), dtype=np.uint8)
-    blob, size = frame_to_blob(frame, 1.0, 16, (96, 96), NORM)
-    assert size == frame_wh and blob.shape == (1, 3, padded_wh[1], padded_wh[0]) and blob.dtype == np.float32
+    layout = mosaic_layout(frame_wh, 96, 96, (1.0,), 16)
+    blob = mosaic_to_blob(frame, layout, NORM)
+    assert layout.levels[0].size_wh == frame_wh and blob.shape == (1, 3, padded_wh[1], padded_wh[0]) and blob.dtype == np.float32
     np.testing.assert_allclose(blob, _reference(frame, padded_wh), atol=1e-5)
 
 
 def test_pooled_dense_blob_is_reused_and_its_padding_rewritten():
     pool = BufferPool()
     rng = np.random.default_rng(1)
-    frame = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
-    first, _ = frame_to_blob(frame, 1.0, 16, (96, 96), NORM, pool)
+    frame = rng.integers(0, 256, (97, 100, 3), dtype=np.uint8)
+    layout = mosaic_layout((100, 97), 96, 96, (1.0,), 16)
+    first = mosaic_to_blob(frame, layout, NORM, pool)
     first[...] = 7.0  # a later frame must not see this frame's values, padding included
     assert pool.give(first)
-    second, _ = frame_to_blob(frame, 1.0, 16, (96, 96), NORM, pool)
+    second = mosaic_to_blob(frame, layout, NORM, pool)
     assert second is first
-    np.testing.assert_allclose(second, _reference(frame, (112, 96)), atol=1e-5)
+    np.testing.assert_allclose(second, _reference(frame, (112, 112)), atol=1e-5)
+
+
+def test_mosaic_blob_holds_every_scale_where_its_layout_says():
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (60, 120, 3), dtype=np.uint8)
+    # wide tiles (48x32 frame px) on a 32x32 model: x and y scale differently
+    layout = mosaic_layout((120, 60), 32, (48, 32), (1.0, 0.5), 8)
+    blob = mosaic_to_blob(frame, layout, NORM)
+    assert blob.shape == (1, 3, layout.canvas_wh[1], layout.canvas_wh[0])
+    owned = np.zeros(blob.shape[2:], bool)
+    for level in layout.levels:
+        (w, h), (x, y) = level.size_wh, level.offset_xy
+        resized = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(blob[:, :, y:y + h, x:x + w], _reference(resized, (w, h)), atol=1e-5)
+        owned[y:y + h, x:x + w] = True
+    assert not blob[0][:, ~owned].any()  # padding and unused canvas: the mean colour, 0 after normalisation
+
+
+def test_mosaic_windows_map_back_to_frame_tiles():
+    # model window 32, stride 8; tiles of 48x32 frame px at scale 1 -> frame resized by (2/3, 1)
+    layout = mosaic_layout((200, 100), 32, (48, 32), (1.0, 0.5), 8)
+    canvas_w, canvas_h = layout.canvas_wh
+    map_hw = ((canvas_h - 32) // 8 + 1, (canvas_w - 32) // 8 + 1)
+    boxes = mosaic_window_boxes(layout, map_hw, 32, 8)
+    assert boxes.shape == (map_hw[0] * map_hw[1], 4)
+    level = next(lv for lv in layout.levels if lv.scale_xy == (32 / 48, 1.0))
+    x, y = level.offset_xy
+    first = (y // 8) * map_hw[1] + x // 8  # the window at the level's top-left corner
+    assert boxes[first].tolist() == [0, 0, 48, 32]
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    full = sizes[(sizes > 0).all(axis=1)]
+    # every window that lies inside one level is a 48x32 (scale 1) or 96x64 (scale 0.5) frame tile or its clipped part
+    assert ((full[:, 0] <= 96) & (full[:, 1] <= 64)).all()
+    assert {(48, 32), (96, 64)} <= {tuple(s) for s in full.tolist()}
+
+
+def test_mosaic_of_a_frame_smaller_than_every_tile_is_refused():
+    with pytest.raises(ValueError, match="smaller than the tile at every scale"):
+        mosaic_layout((40, 30), 96, 96, (1.0, 0.5), 16)
+    assert len(mosaic_layout((200, 100), 96, 96, (1.0, 0.5), 16).levels) == 1  # the 192 px scale is left out

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from patchdet.runtime.tiling import (
     coverage_max,
-    dense_coverage_max,
     dense_window_boxes,
     multiscale_grid,
     pad_to_multiple,
@@ -154,14 +153,3 @@ def test_coverage_max_matches_brute_force():
         expected[y0:y1, x0:x1] = np.maximum(expected[y0:y1, x0:x1], v)
     np.testing.assert_array_equal(out, expected)
 
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4), st.integers(0, 2**31 - 1))
-def test_dense_coverage_max_equals_window_coverage(rows, cols, cells_per_window, seed):
-    stride = 4
-    window = stride * cells_per_window
-    scores = np.random.default_rng(seed).random((rows, cols)).astype(np.float32) + 0.1
-    frame_wh = ((cols - 1) * stride + window, (rows - 1) * stride + window)
-    boxes = dense_window_boxes((rows, cols), window, stride)
-    expected = coverage_max(frame_wh, boxes, scores.ravel())
-    np.testing.assert_array_equal(dense_coverage_max(scores, window, stride, frame_wh), expected)

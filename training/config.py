@@ -26,7 +26,10 @@ class TileAugmentConfig:
     inside the tile, and ``small_car_fraction`` of them one to three cars of
     ``small_car_scale`` of the tile (a tile much larger than a car is not that
     car's box: without these, the largest tile around a car scores highest
-    and wins NMS). Photometric noise on every sample.
+    and wins NMS). ``aspect``: every positive is stretched horizontally by a
+    factor drawn log-uniformly from this range (runtime tiles need not be
+    square: a side-view car in a wide tile, resized to the square input, looks
+    narrower than it is). Photometric noise on every sample.
     """
 
     plain_fraction: float = 0.25
@@ -37,6 +40,7 @@ class TileAugmentConfig:
     cut_visible: tuple[float, float] = (0.1, 0.35)
     small_car_fraction: float = 0.0
     small_car_scale: tuple[float, float] = (0.12, 0.33)
+    aspect: tuple[float, float] = (1.0, 1.0)
     brightness: float = 0.3
     contrast: float = 0.3
     blur: float = 0.3
@@ -53,7 +57,7 @@ class TileAugmentConfig:
         if self.cut_car_fraction + self.small_car_fraction > 1.0:
             raise ValueError(f"tiles.cut_car_fraction + tiles.small_car_fraction = "
                              f"{self.cut_car_fraction + self.small_car_fraction} is invalid: expected <= 1")
-        for name in ("car_scale", "cut_visible", "small_car_scale", "jpeg_quality"):
+        for name in ("car_scale", "cut_visible", "small_car_scale", "aspect", "jpeg_quality"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"tiles.{name} {(low, high)} is invalid: expected 0 < low <= high")

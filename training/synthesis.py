@@ -23,38 +23,45 @@ from patchdet.training.config import AugmentConfig, TileAugmentConfig
 from patchdet.training.data import ImageSet
 
 
-def feather_mask(side: int, ramp: float = 0.12) -> np.ndarray:
-    """float32 [side, side] alpha: 1 inside, falling linearly to ~0 over ``ramp`` of the side at every border."""
-    width = max(1.0, ramp * side)
-    ramp_1d = np.clip((np.minimum(np.arange(side), np.arange(side)[::-1]) + 0.5) / width, 0.0, 1.0)
-    return np.minimum.outer(ramp_1d, ramp_1d).astype(np.float32)
+def feather_ramp(length: int, ramp: float = 0.12) -> np.ndarray:
+    """float32 [length]: 1 inside, falling linearly to ~0 over ``ramp`` of the length at both ends."""
+    width = max(1.0, ramp * length)
+    return np.clip((np.minimum(np.arange(length), np.arange(length)[::-1]) + 0.5) / width, 0.0, 1.0).astype(np.float32)
 
 
-def paste(canvas: np.ndarray, patch: np.ndarray, center_xy: tuple[float, float], side: int) -> np.ndarray:
-    """Blend ``patch`` resized to ``side`` squared onto ``canvas`` centred at ``center_xy``; clipped at the borders.
+def feather_mask(side: int | tuple[int, int], ramp: float = 0.12) -> np.ndarray:
+    """float32 [height, width] alpha (``side`` or (width, height)): 1 inside, ~0 at every border."""
+    width, height = (side, side) if isinstance(side, (int, np.integer)) else side
+    return np.minimum.outer(feather_ramp(height, ramp), feather_ramp(width, ramp))
+
+
+def paste(canvas: np.ndarray, patch: np.ndarray, center_xy: tuple[float, float],
+          side: int | tuple[int, int]) -> np.ndarray:
+    """Blend ``patch`` resized to ``side`` onto ``canvas`` centred at ``center_xy``; clipped at the borders.
 
     Args:
         canvas: uint8 [H, W, 3].
         patch: uint8 [h, w, 3] (any size).
-        center_xy: centre of the pasted square in canvas pixels (may lie outside the canvas).
-        side: pasted side in pixels (> 0).
+        center_xy: centre of the pasted rectangle in canvas pixels (may lie outside the canvas).
+        side: pasted side in pixels (> 0), or (width, height).
 
     Returns:
         A new uint8 [H, W, 3] array; ``canvas`` is not modified.
     """
-    if side <= 0:
-        raise ValueError(f"paste side {side} is invalid: expected a positive integer")
+    side_w, side_h = (side, side) if isinstance(side, (int, np.integer)) else (int(side[0]), int(side[1]))
+    if side_w <= 0 or side_h <= 0:
+        raise ValueError(f"paste side {side} is invalid: expected positive integers")
     out = canvas.copy()
     height, width = canvas.shape[:2]
-    x0 = int(round(center_xy[0] - side / 2))
-    y0 = int(round(center_xy[1] - side / 2))
+    x0 = int(round(center_xy[0] - side_w / 2))
+    y0 = int(round(center_xy[1] - side_h / 2))
     cx0, cy0 = max(x0, 0), max(y0, 0)
-    cx1, cy1 = min(x0 + side, width), min(y0 + side, height)
+    cx1, cy1 = min(x0 + side_w, width), min(y0 + side_h, height)
     if cx1 <= cx0 or cy1 <= cy0:
         return out
-    interpolation = cv2.INTER_AREA if side < patch.shape[1] else cv2.INTER_LINEAR
-    resized = cv2.resize(patch, (side, side), interpolation=interpolation).astype(np.float32)
-    alpha = feather_mask(side)[..., None]
+    interpolation = cv2.INTER_AREA if side_w < patch.shape[1] else cv2.INTER_LINEAR
+    resized = cv2.resize(patch, (side_w, side_h), interpolation=interpolation).astype(np.float32)
+    alpha = feather_mask((side_w, side_h))[..., None]
     part = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
     region = out[cy0:cy1, cx0:cx1].astype(np.float32)
     blended = alpha[part] * resized[part] + (1.0 - alpha[part]) * region
@@ -74,6 +81,25 @@ def cut_car_center(tile_side: int, car_side: int, visible: float, border: int, a
     across = {0: outward, 1: tile_side - outward, 2: outward, 3: tile_side - outward}[border]
     along_px = along * tile_side
     return (across, along_px) if border in (0, 1) else (along_px, across)
+
+
+def stretched(side: int, aspect: float) -> tuple[int, int]:
+    """(width, height) of a ``side`` square stretched horizontally by ``aspect`` at the same area."""
+    root = float(np.sqrt(aspect))
+    return max(2, int(round(side * root))), max(2, int(round(side / root)))
+
+
+def stretch_crop(image: np.ndarray, aspect: float) -> np.ndarray:
+    """``image`` (square) stretched horizontally by ``aspect``, cropped back to its own size, centred.
+
+    A wide runtime tile resized to the square input shows its car narrower; the
+    centre crop keeps the car's middle when it is widened.
+    """
+    side = image.shape[0]
+    width, height = max(side, int(round(side * aspect))), max(side, int(round(side / aspect)))
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return np.ascontiguousarray(resized[y0:y0 + side, x0:x0 + side])
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, area: tuple[float, float], side: int) -> np.ndarray:
@@ -154,16 +180,17 @@ class TileSynthesis(Dataset):
         image = self.images[index]
         label = int(self.labels[index])
         if label == 0:
+            aspect = float(np.exp(rng.uniform(*np.log(tiles.aspect))))
             if rng.random() < tiles.plain_fraction:
-                tile = random_crop(image, rng, (0.8, 1.0), side)
+                tile = stretch_crop(random_crop(image, rng, (0.8, 1.0), side), aspect)
             else:
                 tile = self._background(rng)
                 if rng.random() < tiles.two_cars:
                     other = int(round(side * rng.uniform(*tiles.car_scale)))
-                    tile = paste(tile, self._car(rng), tuple(rng.uniform(0.1, 0.9, 2) * side), other)
+                    tile = paste(tile, self._car(rng), tuple(rng.uniform(0.1, 0.9, 2) * side), stretched(other, aspect))
                 car_side = int(round(side * rng.uniform(*tiles.car_scale)))
                 center = side / 2 + rng.uniform(-tiles.max_offset, tiles.max_offset, 2) * side
-                tile = paste(tile, image, tuple(center), car_side)
+                tile = paste(tile, image, tuple(center), stretched(car_side, aspect))
         elif index in self._background_set:
             tile = random_crop(image, rng, (0.4, 1.0), side)
             draw = rng.random()
