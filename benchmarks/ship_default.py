@@ -2,11 +2,12 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.ship_default runs/car64v4 --threshold 2
 
-Exports the checkpoint with ``patchdet export`` (the per-tile ONNX model, its INT8 twin and the dense,
-fully-convolutional ONNX model, all named ``discnn8_car64``), writes the default tiling below and the
-operating threshold into every card (the training threshold stays as the operating point ``training``),
-then moves the artifacts into ``runtime/assets`` and copies the checkpoint to ``models/discnn8_car64.pt``.
-Nothing under a final name is touched until every export has passed its parity check.
+Writes the default tiling below and the operating threshold into a copy of the checkpoint (the training
+threshold stays as the operating point ``training``; ``patchdet export`` copies both into every card), exports
+it with ``patchdet export`` (the per-tile ONNX model, its INT8 twin and the dense, fully-convolutional ONNX
+model, all named ``discnn8_car64``), then copies the artifacts into ``runtime/assets`` and the checkpoint to
+``models/discnn8_car64.pt``. Nothing under a final name is touched until every export has passed its parity
+check.
 
 The tiling is what ``benchmarks/results/scenes_eval.md`` measured, not a tuning knob: windows 1.5 wide per
 high (cars are wider than high: the dev set's boxes are 1.3-2.2, KITTI's and COCO's cars about 1.5),
@@ -41,7 +42,7 @@ DEFAULT_TILING = {
     "merge": "nms",
     "iou_threshold": 0.3,
     "reference_height": 360,
-}
+}  # "dense" is not set: it follows from each artifact
 
 
 def export(checkpoint: Path, out: Path, dense: bool, calib: Path) -> None:
@@ -53,7 +54,20 @@ def export(checkpoint: Path, out: Path, dense: bool, calib: Path) -> None:
     subprocess.run(argv, check=True)
 
 
+def with_runtime_defaults(payload: dict, threshold: float) -> dict:
+    """The checkpoint with the tiling and operating threshold its exported cards should carry."""
+    shipped = {k: v for k, v in payload.items()
+               if k not in ("path", "optimizer", "scheduler", "scaler", "loss_state", "rng", "history")}
+    training = (payload.get("thresholds") or {}).get("training", payload["threshold"])
+    shipped["thresholds"] = {**(payload.get("thresholds") or {}), "training": float(training)}
+    shipped["threshold"] = float(threshold)
+    shipped["tiling"] = dict(DEFAULT_TILING)
+    return shipped
+
+
 def main(argv: list[str] | None = None) -> int:
+    from patchdet.training.checkpoint import load_checkpoint, save_checkpoint
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
     parser.add_argument("--threshold", type=float, required=True, help="operating threshold written to the cards")
@@ -62,22 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ship_default_") as tmp:
         out = Path(tmp)
-        export(args.checkpoint, out, dense=False, calib=args.calib)
-        export(args.checkpoint, out, dense=True, calib=args.calib)
+        checkpoint = save_checkpoint(with_runtime_defaults(load_checkpoint(args.checkpoint), args.threshold),
+                                     out / f"{NAME}.pt")
+        export(checkpoint, out, dense=False, calib=args.calib)
+        export(checkpoint, out, dense=True, calib=args.calib)
         shipped = []
         for card_path in sorted(out.glob(f"{NAME}*.card.json")):
             card = json.loads(card_path.read_text())
-            card["threshold"] = args.threshold
-            card["tiling"] = {**DEFAULT_TILING, "dense": bool(card.get("dense"))}
+            card["source"]["checkpoint"] = f"models/{NAME}.pt"  # where it is shipped, not the temporary copy
             atomic_write_json(card_path, card)
-            artifact = card_path.with_name(card_path.name.replace(".card.json", ".onnx"))
-            shipped += [artifact, card_path]
+            shipped += [card_path.with_name(card_path.name.replace(".card.json", ".onnx")), card_path]
         for path in shipped:
             name = path.name.replace(f"{NAME}_int8_u8s8", f"{NAME}_int8")
             shutil.copyfile(path, ASSETS / name)
             print(f"wrote {ASSETS / name}")
-    run = args.checkpoint / "best.pt" if args.checkpoint.is_dir() else args.checkpoint
-    shutil.copyfile(run, ROOT / "models" / f"{NAME}.pt")
+        shutil.copyfile(checkpoint, ROOT / "models" / f"{NAME}.pt")
     print(f"wrote {ROOT / 'models' / (NAME + '.pt')}")
     return 0
 

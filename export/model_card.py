@@ -77,6 +77,7 @@ def build_card(info: CheckpointInfo, name: str, checkpoint_sha256: str, dense: b
         dense_stride=DENSE_STRIDE,
         outputs=HEAD_OUTPUTS[head],
         training=training,
+        tiling={k: v for k, v in info.tiling.items() if k != "dense"},  # dense follows from the artifact
         source={
             "checkpoint": info.path,
             "sha256": checkpoint_sha256,

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("patchdet.training.cli", "evaluate a checkpoint or artifact on an image folder, or a detector on "
                  "labelled frames (--labels, no torch needed)"),
     "graft": ("patchdet.training.cli", "Algorithm 1: graft a DisCNN's frozen conv layers onto a 2-way softmax head"),
+    "adapt": ("patchdet.training.cli", "fine-tune a DisCNN's head on a fixed camera's background plates (hard "
+              "negatives)"),
     "export": ("patchdet.export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("patchdet.runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
@@ -164,6 +166,7 @@ _INSTALL_FOR_COMMAND: dict[str, str] = {
     "train": "pip install 'patchdet[train]'",
     "evaluate": "pip install 'patchdet[train]'",
     "graft": "pip install 'patchdet[train]'",
+    "adapt": "pip install 'patchdet[train]'",
     "export": "pip install 'patchdet[export]'",
     "serve": "pip install 'patchdet[serve]'",
 }

@@ -182,6 +182,40 @@ def _blobs(mask: np.ndarray, kernel: np.ndarray, min_area: float) -> list[list[f
     return [[x, y, x + w, y + h] for x, y, w, h, area in stats[1:count] if area >= min_area]
 
 
+@dataclass
+class FixedCamera:
+    """A fixed camera's footage read once: the scan, its background plate, length and plate stability."""
+
+    scan: VideoScan
+    plate: np.ndarray
+    seconds: float
+    plate_edge_share: float
+
+
+def read_fixed_camera(video: str, *, samples: int = 60, min_seconds: float = 3.0) -> FixedCamera:
+    """Read a fixed camera's footage and build its background plate; refuse what cannot give one.
+
+    Raises:
+        ValueError: Footage shorter than ``min_seconds`` or not from a fixed camera (no stable plate).
+    """
+    from patchdet.runtime.streams import open_source
+
+    with open_source(video) as source:
+        scan = scan_video(source, getattr(source, "frame_count", None), samples)
+        fps = source.fps
+    seconds = scan.frames / fps if fps else scan.seconds
+    if not scan.frames or seconds is None or seconds < min_seconds:
+        length = f"{seconds:.1f} s" if seconds is not None else f"{scan.frames} frame(s)"
+        raise ValueError(f"calibration video {video} is {length} long: expected at least {min_seconds:g} s of "
+                         "footage of the fixed camera")
+    plate = background_plate(scan.sampled)
+    stable = float(np.median(plate_match_shares(scan.sampled, plate)))
+    if stable < MIN_STABLE_SHARE:
+        raise ValueError(f"calibration video {video} does not look like a fixed camera: only {stable:.0%} of its "
+                         f"edges stay put (expected >= {MIN_STABLE_SHARE:.0%}); no stable background plate")
+    return FixedCamera(scan, plate, float(seconds), stable)
+
+
 def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float = 0.1, min_seconds: float = 3.0,
                        car_fraction: float | None = None) -> dict:
     """The ``--video`` step of ``patchdet calibrate``: plate, stability check, perspective tiling, plate threshold.
@@ -190,7 +224,8 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
         detector: A ``runtime.detector.Detector`` (its card, tiling and backend are used; not changed).
         video: Footage of one fixed camera, traffic included (a file or a stream URL).
         samples: Frames spread over the video for the plate.
-        margin: The threshold sits this fraction above the highest plate tile score.
+        margin: The threshold sits this fraction above the highest plate tile score (not below the card's
+            ``training`` operating point, else its threshold).
         min_seconds: Shorter footage is refused (too little traffic to see the road's perspective).
         car_fraction: Share of a tile's width a car fills in the model's training patches (``None``: the
             card's ``training["car_fraction"]``, else 0.8).
@@ -204,22 +239,8 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
     """
     import dataclasses
 
-    from patchdet.runtime.streams import open_source
-
-    with open_source(video) as source:
-        scan = scan_video(source, getattr(source, "frame_count", None), samples)
-        fps = source.fps
-    seconds = scan.frames / fps if fps else scan.seconds
-    if not scan.frames or seconds is None or seconds < min_seconds:
-        length = f"{seconds:.1f} s" if seconds is not None else f"{scan.frames} frame(s)"
-        raise ValueError(f"calibration video {video} is {length} long: expected at least {min_seconds:g} s of "
-                         "footage of the fixed camera")
-    plate = background_plate(scan.sampled)
-    shares = plate_match_shares(scan.sampled, plate)
-    stable = float(np.median(shares))
-    if stable < MIN_STABLE_SHARE:
-        raise ValueError(f"calibration video {video} does not look like a fixed camera: only {stable:.0%} of its "
-                         f"edges stay put (expected >= {MIN_STABLE_SHARE:.0%}); no stable background plate")
+    camera = read_fixed_camera(video, samples=samples, min_seconds=min_seconds)
+    scan, plate, seconds, stable = camera.scan, camera.plate, camera.seconds, camera.plate_edge_share
     tiling = detector.tiling
     fit = fit_perspective(scan.blobs_xyxy, scan.frame_wh)
     if fit is not None and not tiling.dense:
@@ -243,7 +264,10 @@ def calibrate_on_video(detector, video: str, *, samples: int = 60, margin: float
         boxes = tiler.dense_boxes_for((int(map_hw[0]), int(map_hw[1])), prepared.frame_wh)
         candidate &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     plate_max = float(score[candidate].max()) if candidate.any() else 0.0
-    threshold = max(float(detector.card.threshold), plate_max * (1.0 + margin))
+    # The card's threshold is a default for cameras nobody has seen; this camera's own plate is evidence of what
+    # its background scores, so the plate sets it, never below the model's training operating point.
+    floor = float(detector.card.thresholds.get("training", detector.card.threshold))
+    threshold = max(floor, plate_max * (1.0 + margin))
     return {
         "threshold": threshold,
         "tiling": tiling.to_dict(),

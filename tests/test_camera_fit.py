@@ -9,9 +9,9 @@ import pytest
 
 from patchdet.cli import main
 from patchdet.runtime.camera_fit import (
+    PerspectiveFit,
     background_plate,
     fit_perspective,
-    PerspectiveFit,
     perspective_tiling,
     plate_match_shares,
     scales_for_fit,

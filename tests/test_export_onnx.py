@@ -16,7 +16,7 @@ from patchdet.export.formats import CPU_FORMATS, FORMATS, format_table_markdown
 from patchdet.export.onnx import export_graph_onnx, read_onnx_card
 from patchdet.export.wrappers import HEAD_OUTPUTS, build_graph
 from patchdet.runtime.card import card_path_for, read_card
-from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from tests.export_helpers import make_checkpoint, make_image_folder
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
@@ -111,6 +111,24 @@ def test_onnx_and_int8_artifacts_carry_complete_cards(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [m["format"] for m in manifest] == ["onnx", "onnx-int8"]
     assert {"model", "format", "path", "status", "reason", "size_bytes", "seconds", "parity"} <= set(manifest[0])
+
+
+def test_a_checkpoints_runtime_defaults_reach_every_card(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "tiny.pt")
+    payload = load_checkpoint(checkpoint)
+    tiling = {"tile_wh": [48, 32], "stride_wh": [24, 16], "scales": [1.0, 0.5], "merge": "nms",
+              "reference_height": 360, "dense": True}
+    payload.update(tiling=tiling, threshold=3.0, thresholds={"training": 1.0})
+    payload.pop("path")
+    save_checkpoint(payload, checkpoint)
+    calib = make_image_folder(tmp_path / "calib", per_class=12, seed=1)
+    for dense in (False, True):
+        cfg = ExportConfig(models=(str(checkpoint),), formats=("onnx",), out_dir=str(tmp_path / f"out{dense}"),
+                           calib_dir=str(calib), dense=dense)
+        (entry,) = export(cfg)
+        card = read_card(card_path_for(entry["path"]))
+        assert card.threshold == 3.0 and card.thresholds == {"training": 1.0}
+        assert card.tiling == {k: v for k, v in tiling.items() if k != "dense"} and card.dense == dense
 
 
 def test_int8_keeps_head_in_float_when_asked(tmp_path):

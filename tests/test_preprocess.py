@@ -1,9 +1,8 @@
 """Frames to model input: the dense (mosaic) frame blob against a plain numpy reference."""
 
+import cv2
 import numpy as np
 import pytest
-
-import cv2
 
 from patchdet.runtime.preprocess import BufferPool, Normalization, mosaic_to_blob
 from patchdet.runtime.tiling import mosaic_layout, mosaic_window_boxes

@@ -8,7 +8,8 @@ Layout (every key but the optional ones is always present)::
     state_dict: model weights (no DDP "module." prefix)
     class_names: list[str]; positive_class: str | None; negative_classes: list[str]
     input_size: int; mean, std: list[float] (RGB, [0, 1] units)
-    threshold: recommended decision threshold
+    threshold: recommended decision threshold; thresholds: other named operating points (optional)
+    tiling: optional runtime tiling defaults (keys of TilingConfig), copied into exported cards
     centroids: tensor [K, D] (cosine heads only)
     config: the resolved TrainConfig as a dict
     epoch: last finished epoch (1-based), best_metric: float
@@ -66,6 +67,8 @@ class CheckpointInfo:
         background_class: Name of a background class, if any.
         epoch, best_metric: Where training stopped.
         training: Data summary of the run.
+        tiling: How the runtime should tile frames for this model (keys of ``runtime.tiling_config.TilingConfig``);
+            copied into every exported card. Empty: tiles of the input size.
     """
 
     path: str
@@ -86,6 +89,7 @@ class CheckpointInfo:
     epoch: int | None = None
     best_metric: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    tiling: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> CheckpointInfo:
@@ -107,6 +111,7 @@ class CheckpointInfo:
                 background_class=payload.get("background_class"),
                 epoch=payload.get("epoch"), best_metric=_plain(payload.get("best_metric")),
                 training=_plain(dict(payload.get("training") or {})),
+                tiling=_plain(dict(payload.get("tiling") or {})),
             )
         except KeyError as exc:
             raise CheckpointError(f"checkpoint {payload.get('path', '?')} has no {exc.args[0]!r} entry") from None

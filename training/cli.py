@@ -1,4 +1,4 @@
-"""``patchdet train``, ``patchdet evaluate`` and ``patchdet graft``: argument parsing only.
+"""``patchdet train``, ``patchdet evaluate``, ``patchdet graft`` and ``patchdet adapt``: argument parsing only.
 
 No heavy imports at module level: ``patchdet evaluate --help`` must not load torch.
 """
@@ -250,4 +250,44 @@ def run_graft(args: argparse.Namespace) -> int:
         verdict = "converges" if run["converged"] else "does not converge"
         print(f"{name}: {verdict} (loss {run['first_epoch_loss']:.4f} -> {run['last_epoch_loss']:.4f}, "
               f"held-out accuracy {run['heldout_accuracy']:.3f})")
+    return 0
+
+
+# -- adapt ---------------------------------------------------------------------------
+
+
+def configure_adapt(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Fine-tune a DisCNN's FC head on one fixed camera's background: the background plates of its footage, "
+        "cut into tiles as the detector cuts frames, become negatives; the conv layers stay as trained. Then "
+        "export the result and calibrate it on the same footage."
+    )
+    parser.epilog = ("Example: patchdet adapt models/discnn8_car64.pt --video cam.mp4 --out runs/cam_adapted && "
+                     "patchdet export runs/cam_adapted --dense --name cam && patchdet calibrate --model "
+                     "exports/cam_dense.onnx --video cam.mp4 --out cam.card.json")
+    parser.add_argument("model", help="DisCNN checkpoint trained with the N2O loss, or its run folder")
+    parser.add_argument("--video", required=True, help="footage of the fixed camera (traffic included, no labels)")
+    parser.add_argument("--out", required=True, help="folder for best.pt (the adapted checkpoint) and adapt.json")
+    parser.add_argument("--card", help="model card whose tiling cuts the plates (default: the built-in model's)")
+    parser.add_argument("--data", help="the run's training data (default: the path in the checkpoint)")
+    parser.add_argument("--plates", type=int, default=3, help="plates from this many stretches of the video")
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps of the head")
+    parser.add_argument("--plate-share", type=float, default=0.25, help="share of each batch from plate tiles")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (AdamW)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and synthesis")
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from patchdet.training.adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(checkpoint=args.model, video=args.video, out=args.out, card=args.card, data=args.data,
+                      plates=args.plates, steps=args.steps, plate_share=args.plate_share, lr=args.lr, seed=args.seed)
+    report = adapt(cfg)
+    before, after = report["before"], report["after"]
+    print(f"adapted {report['plate_tiles']} plate tiles: plate max score {before['plate_max_score']} -> "
+          f"{after['plate_max_score']}; held-out car recall at the card threshold "
+          f"{before['card']['heldout_car_recall']} -> {after['card']['heldout_car_recall']}; wrote "
+          f"{Path(args.out) / 'best.pt'}")
     return 0
