@@ -103,7 +103,7 @@ class MotionGatedDetector:
         card = self.detector.card
         batch = tiles_to_blob(frame, tiles[rescored], card.input_wh, self.detector.tiler.normalization) if \
             rescored.size else np.zeros((0, 3, card.input_wh[1], card.input_wh[0]), np.float32)
-        return GatedPrepared(batch, tiles, frame_wh, None, rescored)
+        return GatedPrepared(batch, tiles, frame_wh, rescored)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.detector.infer(batch) if len(batch) else {}

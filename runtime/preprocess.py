@@ -203,13 +203,11 @@ class Prepared:
         tiles_xyxy: int32 [N, 4] tile boxes in frame pixels (dense: empty; the
             window boxes follow from the score map, ``Tiler.dense_boxes_for``).
         frame_wh: (width, height) of the frame.
-        layout: Where each scale sits in the dense canvas (dense mode), else None.
     """
 
     batch: np.ndarray
     tiles_xyxy: np.ndarray
     frame_wh: tuple[int, int]
-    layout: MosaicLayout | None = None
 
 
 class Tiler:
@@ -267,9 +265,8 @@ class Tiler:
         frame = as_bgr(frame_bgr)
         frame_wh = (frame.shape[1], frame.shape[0])
         if self.tiling.dense:
-            layout = self.layout_for(frame_wh)
-            blob = mosaic_to_blob(frame, layout, self.normalization, self.pool)
-            return Prepared(blob, np.zeros((0, 4), np.int32), frame_wh, layout)
+            blob = mosaic_to_blob(frame, self.layout_for(frame_wh), self.normalization, self.pool)
+            return Prepared(blob, np.zeros((0, 4), np.int32), frame_wh)
         tiles = self.tiles_for(frame_wh)
         in_w, in_h = self.card.input_wh
         out = self.pool.take((len(tiles), 3, in_h, in_w)) if self.pool is not None else None

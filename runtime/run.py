@@ -93,7 +93,7 @@ class DetectConfig(DetectorSettings):
     @property
     def needs_patch_model(self) -> bool:
         """Explicit tiles or the motion gate (it re-scores single tiles) need the per-tile patch model."""
-        return self.motion_gate or self.tile is not None or self.stride is not None
+        return self.motion_gate or super().needs_patch_model
 
     def __post_init__(self) -> None:
         super().__post_init__()
