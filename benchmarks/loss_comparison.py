@@ -120,9 +120,45 @@ def run_one(base: TrainConfig, task: str, spec: str, seed: int, runs: Path) -> d
         history = _history(metrics_path)
     else:
         log.info("reusing finished run %s", out)
+    unseen = unseen_classes_report(out, Path(cfg.val_data)) if task == "n2o" and status == "done" else None
     return {"task": task, "loss": spec, "name": name, "options": options, "seed": seed, "run": str(out),
-            "status": status, "epochs": len(history), "wall_s_this_call": round(time.monotonic() - started, 1),
+            "status": status, "unseen": unseen, "epochs": len(history), "wall_s_this_call": round(time.monotonic() - started, 1),
             "train_s": round(sum(r["epoch_seconds"] for r in history), 1), "history": [_epoch(task, r) for r in history]}
+
+
+UNSEEN_POSITIVE, UNSEEN_NEGATIVES = "truck", ("deer", "frog", "horse")
+
+
+def unseen_classes_report(run: Path, test_dir: Path, thresholds: tuple[float, ...] = (0.0, 1.0)
+                          ) -> dict[str, Any] | None:
+    """The DisCNN paper's Table 5 on the last checkpoint: the unseen truck as positive against the unseen
+    deer/frog/horse as negatives, F1 of each side per threshold; plus the share of each class exactly at 0.
+    ``None`` (logged) when the test folder lacks those classes."""
+    from patchdet.training.evaluate import EvalConfig, evaluate
+
+    missing = [n for n in (UNSEEN_POSITIVE, *UNSEEN_NEGATIVES) if not (test_dir / n).is_dir()]
+    if missing:
+        log.warning("no unseen-class check: %s has no %s", test_dir, ", ".join(missing))
+        return None
+    report = evaluate(EvalConfig(model=str(run / "last.pt"), data=str(test_dir), positive="automobile",
+                                 negatives=("bird", "cat"), unseen=(UNSEEN_POSITIVE, *UNSEEN_NEGATIVES),
+                                 thresholds=thresholds))
+    counts = report["counts"]
+    rows = {}
+    for entry in report["thresholds"]:
+        above = entry["unseen"]
+        tp = above[UNSEEN_POSITIVE] * counts[UNSEEN_POSITIVE]
+        fn = counts[UNSEEN_POSITIVE] - tp
+        fp = sum(above[n] * counts[n] for n in UNSEEN_NEGATIVES)
+        tn = sum(counts[n] for n in UNSEEN_NEGATIVES) - fp
+        rows[f"{entry['threshold']:g}"] = {"positive_f1": _f1(tp, fp, fn), "negative_f1": _f1(tn, fn, fp),
+                                            "known_positive_f1": entry["positive"]["f1"],
+                                            "known_negative_f1": entry["negative"]["f1"]}
+    return {"thresholds": rows, "at_origin": report["at_origin"]}
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
 
 
 _SETTINGS = ("data", "val_data", "classes", "positive", "negatives", "max_per_class", "arch", "input_size", "loss",
@@ -186,7 +222,9 @@ def render(results: dict[str, Any]) -> str:
         baseline = _final(section["runs"], "softmax" if task != "n2o" else "n2o")
         if task == "n2o":
             lines += ["| loss | mean F1 at threshold (mean ± sd over seeds) | positive F1 | negative F1 | "
-                      "negatives exactly at the origin | train s/run | status |", "|---|---|---|---|---|---|---|"]
+                      "negatives exactly at the origin | unseen truck F1 / deer+frog+horse F1 (threshold 1) | "
+                      "unseen deer/frog/horse exactly at the origin | train s/run | status |",
+                      "|---|---|---|---|---|---|---|---|---|"]
         else:
             lines += ["| loss | final test accuracy % (mean ± sd over seeds) | vs softmax (pt) | best epoch acc % | "
                       "train s/run | status |", "|---|---|---|---|---|---|"]
@@ -200,8 +238,14 @@ def render(results: dict[str, Any]) -> str:
                 neg = [r["history"][-1]["negative_f1"] for r in runs]
                 origin = [statistics.fmean(v for k, v in r["history"][-1]["at_origin"].items() if k != "automobile")
                           for r in runs]
+                unseen = [r["unseen"] for r in runs if r.get("unseen")]
+                at_one = [u["thresholds"].get("1") for u in unseen if u["thresholds"].get("1")]
+                truck = f"{_spread([u['positive_f1'] for u in at_one])} / {_spread([u['negative_f1'] for u in at_one])}" \
+                    if at_one else "n/a"
+                unseen_origin = _spread([statistics.fmean(u["at_origin"][n] for n in UNSEEN_NEGATIVES)
+                                         for u in unseen]) + " %" if unseen else "n/a"
                 lines.append(f"| `{spec}` | {_spread(finals)} | {_spread(pos)} | {_spread(neg)} | {_spread(origin)} % "
-                             f"| {seconds:.0f} | {status} |")
+                             f"| {truck} | {unseen_origin} | {seconds:.0f} | {status} |")
                 continue
             diff = f"{100 * (statistics.fmean(finals) - baseline):+.2f}" \
                 if finals and baseline is not None and spec != "softmax" else ""

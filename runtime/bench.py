@@ -48,6 +48,8 @@ class BenchConfig:
         clip: Video whose frames (resized to each frame size) are detected; None: the built-in clip,
             else a synthetic frame. clip_frames: frames read from it for frames/s.
         labelled: ImageFolder of patches for F1 at the card threshold (positive class: the card's).
+        labels: COCO JSON of labelled frames (``patchdet evaluate --labels``): AP50 of the detector as the row
+            runs it (backend, precision, tiling); the frame size of the row does not apply.
         floor: Measure the engine's own time (``runtime.floor``).
         motion_gate: Also measure a motion-gated row per measured row (``runtime.motion``).
         compare: A previous bench.json to compare with. tolerance: allowed slowdown (0.1 = 10 %).
@@ -67,6 +69,7 @@ class BenchConfig:
     clip: str | None = None
     clip_frames: int = 30
     labelled: str | None = None
+    labels: str | None = None
     floor: bool = True
     motion_gate: bool = False
     compare: str | None = None
@@ -296,6 +299,11 @@ def measure_row(artifact: Path, card: Any, variant: Variant, frame: str, tiling:
             if key not in f1_cache:
                 f1_cache[key] = labelled_f1(detector, cfg.labelled)
             row["f1"] = f1_cache[key]
+        if cfg.labels:
+            key = ("ap50", variant.backend, variant.precision, tiling_label)
+            if key not in f1_cache:
+                f1_cache[key] = labelled_ap50(detector, cfg.labels)
+            row["ap50"] = f1_cache[key]
         if cfg.motion_gate and not detector.dense:
             from patchdet.runtime.motion import gated_agreement
 
@@ -348,6 +356,14 @@ def labelled_f1(detector: Any, folder: str, batch_size: int = 256) -> float:
     return round(float(report["positive"]["f1"]), 4)
 
 
+def labelled_ap50(detector: Any, labels: str) -> float | None:
+    """AP50 of the detector on labelled frames (``runtime.evaluation``, pycocotools), as ``patchdet evaluate``."""
+    from patchdet.runtime.evaluation import detector_function, load_labelled_frames, score_detector
+
+    ap50 = score_detector(load_labelled_frames(labels), detector_function(detector))["ap50"]
+    return None if ap50 is None else round(float(ap50), 4)
+
+
 def _device(backend: Any) -> str:
     providers = getattr(backend, "providers", None)
     if providers:
@@ -375,6 +391,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     out = bench_report.writable_folder(cfg.out)
     previous = bench_report.read_report(cfg.compare) if cfg.compare else None
+    if cfg.labels:  # a bad labels file is one line before any row is timed, not an error in every row
+        from patchdet.runtime.evaluation import load_labelled_frames
+
+        load_labelled_frames(cfg.labels)
     artifacts = find_artifacts(cfg.models, out, cfg.labelled)
     plans = []
     for artifact in artifacts:
@@ -396,7 +416,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     row = {**info, **measure_row(artifact, card, variant, frame, tiling, cfg, frames, f1_cache),
                            "clip": source}
                     row.setdefault("f1", None)
-                    row.setdefault("ap50", None)  # the detection benchmark on labelled frames is not wired yet
+                    row.setdefault("ap50", None)
                     row.setdefault("agreement", None)
                     rows.append(row)
                     logger.info("  -> %s", bench_report.row_line(row))

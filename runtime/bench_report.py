@@ -105,7 +105,7 @@ def _cell(value: Any) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (the printed table uses the same columns)."""
     columns = ("artifact", "backend", "precision", "frame", "tiling", "tiles", "p50_ms", "p90_ms", "floor_ms",
-               "overhead", "fps", "f1", "agreement", "status")
+               "overhead", "fps", "f1", "ap50", "agreement", "status")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         flat = _flat(row)

@@ -236,6 +236,8 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", metavar="VIDEO", help="frames to detect on (default: the built-in clip)")
     parser.add_argument("--clip-frames", type=int, default=30, metavar="N", help="clip frames read (default 30)")
     parser.add_argument("--labelled", metavar="DIR", help="ImageFolder of patches: F1 at the card threshold")
+    parser.add_argument("--labels", metavar="JSON", help="COCO JSON of labelled frames (as patchdet evaluate "
+                        "--labels): AP50 per backend, precision and tiling")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the engine-alone floor")
     parser.add_argument("--motion-gate", action="store_true", help="also measure the motion-gated tile cache")
     parser.add_argument("--compare", metavar="JSON", help="a previous bench.json: exit 1 on a regression")
@@ -256,7 +258,8 @@ def run_bench(args: argparse.Namespace) -> int:
                       tilings=split(args.tilings) or (), tile=args.tile, stride=args.stride,
                       backends=split(args.backends), threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                       max_seconds=args.max_seconds, clip=args.clip, clip_frames=args.clip_frames,
-                      labelled=args.labelled, floor=args.floor, motion_gate=args.motion_gate, compare=args.compare,
+                      labelled=args.labelled, labels=args.labels, floor=args.floor, motion_gate=args.motion_gate,
+                      compare=args.compare,
                       tolerance=args.tolerance)
     report = bench(cfg)
     sys.stdout.write(markdown_table(report["rows"]) + "\n")

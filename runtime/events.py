@@ -68,6 +68,16 @@ class _Track:
     best_changed: bool = False
 
 
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of boxes ``a`` and ``b`` (xyxy) over the smaller one's area: 1.0 when one holds the other."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return float(w * h / smaller) if smaller > 0 else 0.0
+
+
 class EventTracker:
     """Turns each frame's detections into ``("start"|"end", Event)`` transitions for one camera.
 
@@ -106,7 +116,13 @@ class EventTracker:
             taken_tracks.add(t)
             unmatched.discard(d)
             self._see(self.tracks[t], xyxy[d], float(detections.score[d]), timestamp)
-        for d in sorted(unmatched):
+        tracked = [d for d in range(len(detections)) if d not in unmatched]
+        # Best first, so that of two boxes on one new object the better one starts the track.
+        for d in sorted(unmatched, key=lambda i: -float(detections.score[i])):
+            if any(int(detections.class_id[e]) == int(detections.class_id[d])
+                   and overlap_of_smaller(xyxy[d], xyxy[e]) >= cfg.same_object_overlap for e in tracked):
+                continue  # a second box on an object that already has a track
+            tracked.append(d)
             track = _Track(int(detections.class_id[d]), centers[d], 0.0, timestamp, deque(maxlen=cfg.window),
                            first_seen=timestamp)
             self._see(track, xyxy[d], float(detections.score[d]), timestamp, new=True)

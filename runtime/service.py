@@ -35,6 +35,7 @@ from patchdet.runtime.streams import StreamOptions, open_source
 logger = logging.getLogger(__name__)
 
 OPEN_RETRY_MAX_S = 30.0
+WARMUP_FRAME_WH = (640, 360)  # a 16:9 frame: the usual camera aspect
 
 
 def keep_in_zones(detections: Detections, zones, masks) -> Detections:
@@ -260,17 +261,21 @@ class Service:
                 settings = camera_settings(config, camera)
                 key = model_key(settings)
                 if key not in self.models:
-                    detector = load_detector(settings, patch_model=True)  # tiles of several cameras in one call
-                    if detector.dense:
-                        raise ValueError(f"camera {camera.name!r}: model {detector.artifact.name} is a dense export; "
-                                         "serve scores tiles of several cameras in one call: expected a patch model")
+                    detector = load_detector(settings)
                     # Memory planning on the first calls takes seconds: do it before the cameras start.
-                    w, h = detector.card.input_wh
-                    detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))
+                    if detector.dense:  # mosaics depend on the frame's aspect only (reference height)
+                        detector.warmup(frame_wh=WARMUP_FRAME_WH)
+                    else:
+                        w, h = detector.card.input_wh
+                        detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))
                     self.models[key] = SharedModel(detector, config.batch.max_tiles, config.batch.linger_ms)
-                    logger.info("model %s on %s shared by the cameras that use it", detector.artifact.name,
-                                detector.backend_name)
-                views.append((camera, self.models[key], camera_view(self.models[key].detector, settings)))
+                    logger.info("model %s on %s shared by the cameras that use it%s", detector.artifact.name,
+                                detector.backend_name, " (dense: one mosaic per frame)" if detector.dense else "")
+                try:
+                    view = camera_view(self.models[key].detector, settings)
+                except ValueError as exc:
+                    raise ValueError(f"camera {camera.name!r}: {exc}") from None
+                views.append((camera, self.models[key], view))
             self._open_sinks()
             self.cameras = [CameraWorker(camera, model, view, self) for camera, model, view in views]
         except BaseException:

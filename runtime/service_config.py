@@ -69,6 +69,9 @@ class EventConfig:
         end_after_s: The event ends when its object has not been seen for this long.
         match_distance: A detection continues a track when its centre is within this many track-box
             diagonals of the track's last centre.
+        same_object_overlap: A detection that no track takes starts no track of its own when at least this
+            share of the smaller box lies inside another box of its class in the same frame that does (one
+            object, two boxes: a car and its lower half); 1.0 only when fully inside.
         snapshots: Write a JPEG of the frame where each event starts, its box drawn in.
     """
 
@@ -76,6 +79,7 @@ class EventConfig:
     window: int = 5
     end_after_s: float = 2.0
     match_distance: float = 1.0
+    same_object_overlap: float = 0.5
     snapshots: bool = True
 
 
@@ -217,15 +221,17 @@ def check_site(site: SiteConfig) -> None:
         if camera.max_fps is not None and not camera.max_fps > 0:
             raise ValueError(f"camera {camera.name!r} max_fps {camera.max_fps!r} is invalid: expected > 0")
         settings = camera_settings(site, camera)
-        if settings.dense:
-            raise ValueError(f"camera {camera.name!r} detector: dense models are not batched across cameras; "
-                             "use a patch model in serve")
+        if settings.dense and settings.needs_patch_model:
+            raise ValueError(f"camera {camera.name!r} detector: dense and tile/stride exclude each other (a dense "
+                             "model scores every window; tile/stride ask for a per-tile model)")
     ev = site.events
     if ev.min_hits < 1 or ev.window < ev.min_hits:
         raise ValueError(f"events min_hits {ev.min_hits} / window {ev.window} are invalid: expected "
                          "1 <= min_hits <= window")
     if not ev.end_after_s > 0 or not ev.match_distance > 0:
         raise ValueError("events end_after_s and match_distance must be positive")
+    if not 0 < ev.same_object_overlap <= 1:
+        raise ValueError(f"events same_object_overlap {ev.same_object_overlap} is invalid: expected 0 < x <= 1")
     if site.mqtt is not None and (site.mqtt.qos not in (0, 1, 2) or site.mqtt.queue_size < 1):
         raise ValueError(f"mqtt qos {site.mqtt.qos} / queue_size {site.mqtt.queue_size} are invalid: expected "
                          "qos 0, 1 or 2 and a positive queue_size")

@@ -65,11 +65,11 @@ class DetectorSettings:
             raise ValueError(f"merge {self.merge!r} is unknown: expected one of {', '.join(MERGE_METHODS)}")
 
 
-def load_detector(settings: DetectorSettings, *, patch_model: bool = False, **detector_options: Any):
+def load_detector(settings: DetectorSettings, **detector_options: Any):
     """The ``Detector`` some settings ask for (card defaults filled in); backend failures become one-line ``OSError``.
 
-    ``patch_model``: the caller scores single tiles (several cameras' tiles in one batch), so the built-in
-    default is its per-tile model rather than the dense one.
+    Without a model it is the built-in default: its dense export, or its per-tile export when the settings
+    ask for explicit tiles (``needs_patch_model``).
     """
     from patchdet.runtime.backends import BackendError, MissingBackendError, resolve_backend_name
     from patchdet.runtime.backends.fastest import resolve_auto_backend
@@ -83,7 +83,7 @@ def load_detector(settings: DetectorSettings, *, patch_model: bool = False, **de
         if not model.is_file():
             raise FileNotFoundError(f"model file {settings.model} does not exist")
     else:
-        model = builtin_model(patch=(patch_model or settings.needs_patch_model) and not settings.dense)
+        model = builtin_model(patch=settings.needs_patch_model and not settings.dense)
     card = read_artifact_card(model) if settings.card is None else read_card(settings.card)
     tiling = tiling_for_card(card, settings.tile, settings.stride, settings.scales, settings.dense or card.dense,
                              settings.merge)

@@ -4,6 +4,10 @@ arrive together are scored in one backend call.
 Each camera thread tiles its own frame (its own tiling and threshold: ``camera_view``), hands the batch to
 ``SharedModel.score`` and blocks; the model's batching thread takes every waiting request (up to
 ``max_tiles``), concatenates them, calls the backend once and splits the outputs back per request.
+
+A dense model's request is one mosaic canvas [1, 3, H, W] per frame: canvases of the same shape (cameras
+with the same frame aspect, since mosaics are laid out at the card's ``reference_height``) are stacked into
+one call; other shapes, and every request of a model whose batch axis is fixed, get calls of their own.
 """
 
 from __future__ import annotations
@@ -92,32 +96,59 @@ class SharedModel:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            requests = self._gather(first)
-            try:
-                batch = requests[0].batch if len(requests) == 1 else np.concatenate([r.batch for r in requests])
-                outputs = self.detector.backend(batch)
-                offset = 0
-                for r in requests:
-                    n = len(r.batch)
-                    r.outputs = {name: value[offset:offset + n] for name, value in outputs.items()}
-                    offset += n
-                self.calls += 1
-                self.tiles += len(batch)
-                self.frames += len(requests)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting camera, which reports it
-                for r in requests:
-                    r.error = exc
+            for group in stackable_groups(self._gather(first), self._fixed_batch):
+                self._call(group)
+
+    @property
+    def _fixed_batch(self) -> bool:
+        """The artifact's batch axis is a fixed size (a static engine or IR): requests cannot be stacked."""
+        shape = getattr(self.detector.backend, "input_shape", None)
+        return bool(shape) and isinstance(shape[0], int) and shape[0] > 0
+
+    def _call(self, requests: list[_Request]) -> None:
+        try:
+            batch = requests[0].batch if len(requests) == 1 else np.concatenate([r.batch for r in requests])
+            outputs = self.detector.backend(batch)
+            offset = 0
             for r in requests:
-                r.done.set()
+                n = len(r.batch)
+                r.outputs = {name: value[offset:offset + n] for name, value in outputs.items()}
+                offset += n
+            self.calls += 1
+            self.tiles += len(batch)
+            self.frames += len(requests)
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting camera, which reports it
+            for r in requests:
+                r.error = exc
+        for r in requests:
+            r.done.set()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
 
 
+def stackable_groups(requests: list, fixed_batch: bool = False) -> list[list]:
+    """Requests split into groups whose batches can be concatenated (same per-item shape), in arrival order.
+
+    ``fixed_batch``: the model takes exactly its export's batch, so every request is a group of its own.
+    """
+    if fixed_batch:
+        return [[r] for r in requests]
+    groups: dict[tuple, list] = {}
+    for r in requests:
+        groups.setdefault(tuple(r.batch.shape[1:]), []).append(r)
+    return list(groups.values())
+
+
 def model_key(settings: DetectorSettings) -> tuple:
-    """Cameras with equal keys share one loaded model (tiling and threshold may differ per camera)."""
-    return (settings.model, settings.card, settings.backend, settings.threads)
+    """Cameras with equal keys share one loaded model (tiling and threshold may differ per camera).
+
+    Without a ``model`` the built-in default is the dense export, or its per-tile export when the camera
+    asks for explicit tiles: those are two models.
+    """
+    builtin_patch = settings.model is None and settings.needs_patch_model
+    return (settings.model, settings.card, settings.backend, settings.threads, builtin_patch)
 
 
 def camera_view(base, settings: DetectorSettings):
@@ -125,8 +156,12 @@ def camera_view(base, settings: DetectorSettings):
 
     It is a shallow copy: only the tiler (with its own buffer pool), tiling and decision rule are its own.
     """
+    if base.dense and settings.needs_patch_model:
+        raise ValueError(f"model {base.artifact.name} is a dense export, which scores every window of the frame: "
+                         "tile/stride need a per-tile model (drop them, or give a patch export)")
     view = copy.copy(base)
-    view.tiling = tiling_for_card(base.card, settings.tile, settings.stride, settings.scales, False, settings.merge)
+    view.tiling = tiling_for_card(base.card, settings.tile, settings.stride, settings.scales, base.dense,
+                                  settings.merge)
     view.pool = BufferPool()
     view.tiler = Tiler(base.card, view.tiling, view.pool)
     view.rule = decision_rule(base.card, settings.threshold, base.rule.norm_gate)

@@ -17,7 +17,7 @@ Kinds (all patch models take float32 [N, 3, 32, 32], normalised with mean 0.5 / 
 - ``softmax``: ``logits`` [N, 3], ``probs`` [N, 3], ``score`` [N].
 - ``window``: Conv 32x32 stride 16 (positive weights) -> ReLU -> Flatten = ``embedding``
   [N, 4]; ``score`` = L2 norm. The patch version of ``dense``.
-- ``dense``: the same convolution on a whole frame [1, 3, H, W] (H, W multiples
+- ``dense``: the same convolution on whole frames [N, 3, H, W] (H, W multiples
   of 16, at least 32): ``embedding`` [1, 4, Hs, Ws], ``score`` [1, Hs, Ws] with
   ``Hs = (H - 32) / 16 + 1``. Card ``dense=True``, ``dense_stride=16``. Scores of
   ``dense`` equal ``window`` scores of tiles cut at stride 16 (same weights).
@@ -93,7 +93,7 @@ def build_model(kind: str, seed: int = 0):
 
     nodes = []
     if kind == "dense":
-        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
     else:
         x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, PATCH, PATCH])
     if kind in ("window", "dense"):
@@ -109,7 +109,7 @@ def build_model(kind: str, seed: int = 0):
         else:
             nodes += [helper.make_node("Identity", ["relu"], ["embedding"]),
                       helper.make_node("ReduceL2", ["embedding"], ["score"], axes=[1], keepdims=0)]
-            outs = [("embedding", [1, EMBED, "rows", "cols"]), ("score", [1, "rows", "cols"])]
+            outs = [("embedding", ["batch", EMBED, "rows", "cols"]), ("score", ["batch", "rows", "cols"])]
     else:
         nodes += [
             helper.make_node("Conv", ["input", const("conv_w", w["conv_w"]), const("conv_b", w["conv_b"])], ["conv"],

@@ -74,6 +74,25 @@ def test_f1_on_labelled_patches(tmp_path, model_and_clip):
     assert report["rows"][0]["f1"] == 1.0  # bright patches score high, black ones 0 (fixture design)
 
 
+def test_ap50_on_labelled_frames(tmp_path, model_and_clip):
+    from tests.fixtures_onnx import white_square_frame
+    from tests.test_detection_eval import write_set
+
+    model, clip = model_and_clip
+    # One white square per frame on the 32-px tile grid: the tile over it is the one positive, its box the square.
+    frames = [white_square_frame((128, 96), (32 * k, 32, 32 * k + 32, 64)) for k in (0, 1, 2)]
+    labels = write_set(tmp_path / "frames", frames, [{"image_id": i, "bbox": [32 * (i - 1), 32, 32, 32]}
+                                                     for i in (1, 2, 3)])
+    report = _bench(tmp_path, [model], clip, labels=str(labels))
+    assert report["rows"][0]["ap50"] == 1.0
+    missed = write_set(tmp_path / "missed", frames, [{"image_id": i, "bbox": [96, 0, 32, 32]} for i in (1, 2, 3)])
+    assert _bench(tmp_path, [model], clip, name="out2", labels=str(missed))["rows"][0]["ap50"] == 0.0
+    assert "ap50" in (tmp_path / "out" / "bench.md").read_text()
+    with pytest.raises(FileNotFoundError, match="none.json"):  # before any row is timed
+        _bench(tmp_path, [model], clip, name="out3", labels=str(tmp_path / "none.json"))
+    assert not (tmp_path / "out3" / "bench.json").exists()
+
+
 def test_variants_cover_backends_and_precisions(tmp_path):
     onnx = tmp_path / "m.onnx"
     names = [(v.backend, v.precision) for v in variants_for(onnx, "fp32", None)]

@@ -15,7 +15,8 @@ CLASSES = {"automobile": 6, "bird": 6, "cat": 6}
 @pytest.fixture
 def cifar_like(tmp_path):
     make_image_folder(tmp_path / "data" / "train", CLASSES, size=16)
-    make_image_folder(tmp_path / "data" / "test", CLASSES, size=16, seed=1)
+    unseen = {"truck": 3, "deer": 3, "frog": 3, "horse": 3}  # the n2o task's Table 5 check
+    make_image_folder(tmp_path / "data" / "test", {**CLASSES, **unseen}, size=16, seed=1)
     return tmp_path / "data"
 
 
@@ -54,4 +55,8 @@ def test_comparison_writes_table_json_and_plot_and_reuses_finished_runs(cifar_li
     n2o_runs = report["tasks"]["n2o"]["runs"]
     assert {r["options"].get("negative_term") for r in n2o_runs} == {None, "l1"}
     assert "automobile" in n2o_runs[0]["history"][-1]["at_origin"]
+    unseen = n2o_runs[0]["unseen"]
+    assert set(unseen["thresholds"]) == {"0", "1"} and set(unseen["at_origin"]) >= {"truck", "deer", "frog", "horse"}
+    assert all(0.0 <= v <= 1.0 for row in unseen["thresholds"].values() for v in row.values())
+    assert "unseen truck F1" in results.with_suffix(".md").read_text()
     assert set(report["tasks"]) == {"cifar3", "n2o"}  # tasks accumulate in one report

@@ -19,7 +19,7 @@ from patchdet.runtime.service import Service, keep_in_zones
 from patchdet.runtime.service_config import EventConfig, load_site_config
 from patchdet.runtime.settings import DetectorSettings, load_detector
 from patchdet.runtime.shared_model import SharedModel, camera_view
-from tests.fixtures_onnx import white_square_frame
+from tests.fixtures_onnx import white_square_frame, write_model
 from tests.runtime_media import moving_square_frames, write_video
 
 
@@ -49,6 +49,8 @@ def write_site(tmp_path, model, cameras, **extra):
     ([], {}, "non-empty list of cameras"),
     ([{"name": "a", "source": "x.avi"}], {"mqtt": {"qos": 3}}, "mqtt qos 3"),
     ([{"name": "a", "source": "x.avi"}], {"extra": 1}, "unknown config key(s) extra"),
+    ([{"name": "a", "source": "x.avi"}], {"events": {"same_object_overlap": 0}}, "same_object_overlap 0"),
+    ([{"name": "a", "source": "x.avi", "detector": {"dense": True}}], {}, "dense and tile/stride exclude"),
 ])
 def test_bad_site_file_is_one_line_naming_key_and_file(tmp_path, model, cameras, extra, message):
     path = write_site(tmp_path, model, cameras, **extra)
@@ -109,6 +111,32 @@ def test_flicker_makes_no_event_and_two_objects_make_two():
     assert len({e.event_id for _, e, _ in both}) == 2
 
 
+def test_a_second_box_inside_a_tracked_object_starts_no_event():
+    # The pickup of benchmarks/results/serve.md: a box on the car and one on its lower half in the same frames.
+    tracker = EventTracker("cam", ("car",), EventConfig(min_hits=2, window=3, end_after_s=0.5))
+    transitions = []
+    for i in range(6):
+        whole, lower = (100 + 5 * i, 40, 260 + 5 * i, 150), (100 + 5 * i, 80, 180 + 5 * i, 134)
+        boxes = [lower] if i == 0 else [lower, whole]  # the lower half is seen first, then both
+        transitions += tracker.update(_dets(*boxes), i * 0.1)
+    transitions += tracker.close()
+    assert [k for k, _, _ in transitions] == ["start", "end"]
+    # Two cars side by side overlap a little: both are events.
+    tracker = EventTracker("cam", ("car",), EventConfig(min_hits=2, window=3, end_after_s=0.5))
+    side_by_side = []
+    for i in range(4):
+        side_by_side += tracker.update(_dets((0, 0, 100, 60), (90, 0, 190, 60)), i * 0.1)
+    assert [k for k, _, _ in side_by_side] == ["start", "start"]
+
+
+def test_overlap_of_smaller_box():
+    from patchdet.runtime.events import overlap_of_smaller
+
+    assert overlap_of_smaller(np.array([0, 0, 10, 10]), np.array([2, 2, 6, 6])) == 1.0
+    assert overlap_of_smaller(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == 0.5
+    assert overlap_of_smaller(np.array([0, 0, 10, 10]), np.array([10, 0, 20, 10])) == 0.0
+
+
 def test_zones_keep_inside_and_masks_drop():
     dets = _dets((0, 0, 10, 10), (100, 100, 110, 110))
     zone = ((0, 0), (50, 0), (50, 50), (0, 50))
@@ -141,6 +169,61 @@ def test_shared_model_scores_two_cameras_in_one_call_like_separate_calls(model):
     for got, want in zip(results, expected, strict=True):
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+def _score_together(shared, batches):
+    results = [None] * len(batches)
+
+    def score(i):
+        results[i] = shared.score(batches[i])
+
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_shared_dense_model_stacks_mosaics_of_equal_shape_and_calls_others_apart(tmp_path):
+    dense = write_model(tmp_path / "dense.onnx", "dense")
+    settings = DetectorSettings(model=str(dense), backend="onnxruntime", threads=1)
+    detector = load_detector(settings)
+    assert detector.dense
+    shared = SharedModel(detector, max_tiles=4096, linger_ms=2000.0)
+    view = camera_view(detector, settings)
+    frames = [white_square_frame((160, 96), (40, 20, 80, 60)), white_square_frame((160, 96), (0, 0, 32, 32)),
+              white_square_frame((96, 160), (10, 10, 50, 50))]  # the third: another aspect, another canvas
+    prepared = [view.preprocess(f) for f in frames]
+    batches = [p.batch.copy() for p in prepared]
+    assert batches[0].shape == batches[1].shape != batches[2].shape
+    assert all(len(detector(f).detections) for f in frames)
+    expected = [detector.backend(b) for b in batches]
+    results = _score_together(shared, batches)
+    shared.close()
+    assert shared.frames == 3 and shared.calls == 2  # the two equal canvases in one call
+    for got, want, prep, frame in zip(results, expected, prepared, frames, strict=True):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(view.decide(got, prep).detections.xyxy, detector(frame).detections.xyxy)
+
+
+def test_stackable_groups_keep_arrival_order_and_respect_a_fixed_batch():
+    from types import SimpleNamespace
+
+    from patchdet.runtime.shared_model import stackable_groups
+
+    a, b, c = (SimpleNamespace(batch=np.zeros(shape, np.float32))
+               for shape in ((1, 3, 8, 8), (1, 3, 8, 16), (2, 3, 8, 8)))
+    assert stackable_groups([a, b, c]) == [[a, c], [b]]
+    assert stackable_groups([a, b, c], fixed_batch=True) == [[a], [b], [c]]
+
+
+def test_dense_model_with_explicit_tiles_is_refused_per_camera(tmp_path, video):
+    dense = write_model(tmp_path / "dense.onnx", "dense")
+    site = load_site_config(write_site(tmp_path, dense, [{"name": "cam1", "source": str(video)}]))
+    with pytest.raises(ValueError, match="cam1.*dense export.*tile/stride"):
+        Service(site)
 
 
 # -- the service --------------------------------------------------------------------------------------------

@@ -184,3 +184,29 @@ def test_train_with_tiles_blocks_and_extra_negatives(tmp_path, tiny_folder):
     summary = load_checkpoint(result.best_checkpoint)["training"]
     assert summary["terms"] == "research use only" and summary["split"] == "blocks"
     assert summary["augment"] == "tiles" and summary["extra_negatives"]["classes"] == ["bird", "deer"]
+
+
+def test_extra_positives_join_the_positive_class_in_both_splits(tmp_path, tiny_folder):
+    from patchdet.training.run_data import data_summary, load_run_data
+
+    _write_frames(tmp_path / "vehicles" / "vehicles" / "GTI", 24)
+    _write_frames(tmp_path / "vehicles" / "non-vehicles" / "Extras", 24, start_value=40)
+    base = dict(data=str(tmp_path / "vehicles"), positive="vehicles", negatives=("non-vehicles",), split="blocks",
+                val_fraction=0.25, input_size=32, out=str(tmp_path / "run"), tensorboard=False)
+    plain_train, plain_val = load_run_data(TrainConfig(**base), ["vehicles", "non-vehicles"])
+    cfg = TrainConfig(**base, extra_positives=str(tiny_folder), extra_positive_classes=("bird",))
+    train_set, val_set = load_run_data(cfg, ["vehicles", "non-vehicles"])
+    n_bird = len(list((tiny_folder / "bird").iterdir()))
+    assert train_set.class_names == plain_train.class_names == ("vehicles", "non-vehicles")
+    added = (train_set.counts()["vehicles"] - plain_train.counts()["vehicles"]
+             + val_set.counts()["vehicles"] - plain_val.counts()["vehicles"])
+    assert added == n_bird and val_set.counts()["vehicles"] > plain_val.counts()["vehicles"]
+    assert train_set.counts()["non-vehicles"] == plain_train.counts()["non-vehicles"]
+    assert data_summary(train_set, val_set, cfg)["extra_positives"] == {"source": str(tiny_folder), "classes": ["bird"]}
+
+
+def test_extra_positives_need_classes_and_a_binary_run():
+    with pytest.raises(ValueError, match="extra_positive_classes"):
+        TrainConfig(data="x", positive="car", negatives=("bg",), extra_positives="y")
+    with pytest.raises(ValueError, match="binary run"):
+        TrainConfig(data="x", classes=("a", "b"), extra_positives="y", extra_positive_classes=("a",))

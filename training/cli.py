@@ -54,7 +54,13 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--extra-negatives", metavar="DIR",
                       help="second ImageFolder tree whose --extra-negative-classes are added as negatives")
     data.add_argument("--extra-negative-classes", help="classes of --extra-negatives, comma separated")
+    data.add_argument("--extra-positives", metavar="DIR",
+                      help="ImageFolder tree whose --extra-positive-classes are added to the positive class "
+                           "(e.g. CIFAR-10 automobile for side and front views)")
+    data.add_argument("--extra-positive-classes", help="classes of --extra-positives, comma separated")
     data.add_argument("--max-extra-per-class", type=int, help="sub-sample at most this many extra negatives per class")
+    data.add_argument("--max-extra-positives-per-class", type=int,
+                      help="sub-sample at most this many extra positives per class")
     data.add_argument("--data-terms", metavar="TEXT",
                       help="license / terms of use of the training data, copied into the model card")
     data.add_argument("--augment", choices=["standard", "tiles", "none"],
@@ -132,6 +138,9 @@ def run_train(args: argparse.Namespace) -> int:
         extra_negatives=args.extra_negatives,
         extra_negative_classes=_names(args.extra_negative_classes),
         max_extra_per_class=args.max_extra_per_class,
+        extra_positives=args.extra_positives,
+        extra_positive_classes=_names(args.extra_positive_classes),
+        max_extra_positives_per_class=args.max_extra_positives_per_class,
         augment=augment,
         data_terms=args.data_terms,
         arch=args.arch,

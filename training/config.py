@@ -105,6 +105,9 @@ class TrainConfig:
     extra_negatives: str | None = None
     extra_negative_classes: tuple[str, ...] = ()
     max_extra_per_class: int | None = None
+    extra_positives: str | None = None
+    extra_positive_classes: tuple[str, ...] = ()
+    max_extra_positives_per_class: int | None = None
     data_terms: str | None = None
     download_root: str = "~/.cache/patchdet/datasets"
 
@@ -160,6 +163,13 @@ class TrainConfig:
             raise ValueError(f"split {self.split!r} is unknown: expected random or blocks")
         if self.extra_negatives and not self.extra_negative_classes:
             raise ValueError("extra_negatives needs extra_negative_classes: expected CLASS[,CLASS...]")
+        if self.extra_positives and not self.extra_positive_classes:
+            raise ValueError("extra_positives needs extra_positive_classes: expected CLASS[,CLASS...]")
+        for name in ("max_extra_per_class", "max_extra_positives_per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} is invalid: expected >= 1 (leave it out for all)")
+        if self.extra_positives and self.positive is None:
+            raise ValueError("extra_positives needs a binary run: expected --positive and --negatives")
         if self.augment.kind == "tiles" and (self.positive is None or not self.negatives):
             raise ValueError("augment kind 'tiles' needs a binary run: expected --positive and --negatives")
         if self.input_size <= 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from patchdet.training.config import TrainConfig
 from patchdet.training.data import (
     AugmentedImages,
@@ -15,8 +17,10 @@ from patchdet.training.data import (
 
 
 def load_run_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
-    """(train, validation) image sets: the main tree split as the config says, plus any extra negatives."""
+    """(train, validation) image sets: the main tree split as the config says, plus any extra positives/negatives."""
     train_set, val_set = _load_main_data(cfg, class_names)
+    if cfg.extra_positives:
+        train_set, val_set = _with_extra_positives(cfg, train_set, val_set)
     if not cfg.extra_negatives:
         return train_set, val_set
     extra = load_image_set(cfg.extra_negatives, list(cfg.extra_negative_classes), cfg.input_size, "train",
@@ -25,6 +29,22 @@ def load_run_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[Imag
     extra_train, extra_val = stratified_split(extra.labels.numpy(), cfg.val_fraction or 0.1, cfg.seed)
     merged_train = train_set.extended(extra.subset(extra_train))
     return merged_train, val_set.extended(extra.subset(extra_val))
+
+
+def _with_extra_positives(cfg: TrainConfig, train_set: ImageSet, val_set: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """Images of other trees' classes relabelled as the positive class (index 0), split like the extra negatives."""
+    extra = load_image_set(cfg.extra_positives, list(cfg.extra_positive_classes), cfg.input_size, "train",
+                           cfg.max_extra_positives_per_class, cfg.seed, cfg.download_root)
+    extra_train, extra_val = stratified_split(extra.labels.numpy(), cfg.val_fraction or 0.1, cfg.seed)
+    as_positive = ImageSet(extra.images, torch.zeros_like(extra.labels), train_set.class_names, [], {})
+    return (_appended(train_set, as_positive.subset(extra_train)),
+            _appended(val_set, as_positive.subset(extra_val)))
+
+
+def _appended(base: ImageSet, more: ImageSet) -> ImageSet:
+    """``base`` followed by ``more``, whose labels already index ``base``'s classes."""
+    return ImageSet(torch.cat([base.images, more.images]), torch.cat([base.labels, more.labels]),
+                    base.class_names, base.skipped, base.resized_from)
 
 
 def _load_main_data(cfg: TrainConfig, class_names: list[str] | None) -> tuple[ImageSet, ImageSet]:
@@ -71,4 +91,6 @@ def data_summary(train_set: ImageSet, val_set: ImageSet, cfg: TrainConfig) -> di
         "augment": cfg.augment.kind,
         "extra_negatives": ({"source": cfg.extra_negatives, "classes": list(cfg.extra_negative_classes)}
                             if cfg.extra_negatives else None),
+        "extra_positives": ({"source": cfg.extra_positives, "classes": list(cfg.extra_positive_classes)}
+                            if cfg.extra_positives else None),
     }
