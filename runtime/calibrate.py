@@ -12,7 +12,11 @@ Two ways, usable together (the stricter, i.e. higher, threshold wins):
 - **A labelled folder** (``labelled``): an ImageFolder of patches with the
   positive class in one sub-folder and negatives in the others. The
   threshold is the lowest one reaching ``target_precision`` (most recall), or
-  the highest one keeping ``target_recall`` (fewest false alarms).
+  the highest one keeping ``target_recall`` (fewest false alarms). For a
+  ``cosine`` (POD) head it is the **norm gate** that is chosen this way, on
+  the latent norm of the patches whose nearest centroid is the positive class
+  (the POD paper's Table I: low-norm patches are the unreliable ones); the
+  class decision stays the card's.
 
 Decisions are ``score > threshold``, as everywhere in patchdet.
 """
@@ -249,8 +253,8 @@ def background_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
     }
 
 
-def score_labelled(detector, cfg: CalibrateConfig, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and truth (positive class?) of every labelled patch."""
+def labelled_outputs(detector, cfg: CalibrateConfig, batch_size: int = 256):
+    """Model outputs of the labelled patches, batch by batch: yields (outputs, labels [B]; 0 = positive class)."""
     from patchdet.runtime.imagefolder import list_class_folders, load_images, normalize_batch, scan_image_folder
 
     card = detector.card
@@ -269,15 +273,23 @@ def score_labelled(detector, cfg: CalibrateConfig, batch_size: int = 256) -> tup
     if loaded.images.shape[0] == 0:
         raise ValueError(f"no readable image in {cfg.labelled}")
     images = loaded.images if card.color_order.upper() == "RGB" else loaded.images[..., ::-1]
-    positive_id = card.class_names.index(positive) if positive in card.class_names else None
-    scores = []
     for start in range(0, len(images), batch_size):
         batch = normalize_batch(images[start:start + batch_size], card.mean, card.std)
-        outputs = detector.infer(batch)
+        yield detector.infer(batch), loaded.labels[start:start + batch_size]
+
+
+def score_labelled(detector, cfg: CalibrateConfig, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and truth (positive class?) of every labelled patch."""
+    card = detector.card
+    positive = cfg.positive_class or card.positive_class
+    positive_id = card.class_names.index(positive) if positive in card.class_names else None
+    scores, truth = [], []
+    for outputs, labels in labelled_outputs(detector, cfg, batch_size):
         score, class_id, candidate = detector.tile_decisions(outputs)
         keep = candidate if positive_id is None else candidate & (class_id == positive_id)
         scores.append(np.where(keep, score.astype(np.float64), -np.inf))
-    return np.concatenate(scores), loaded.labels == 0
+        truth.append(labels == 0)
+    return np.concatenate(scores), np.concatenate(truth)
 
 
 def labelled_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
@@ -292,6 +304,35 @@ def labelled_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
     finite = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
     return {"threshold": threshold, "target": target, "patches": int(scores.size), "positives": int(truth.sum()),
             "report": metrics.binary_report(finite, truth, threshold)}
+
+
+def labelled_norm_gate(detector, cfg: CalibrateConfig) -> dict[str, Any]:
+    """Norm gate of a ``cosine`` head from a labelled folder at the target precision or recall (see module doc)."""
+    from patchdet.runtime.decisions import decide_tiles, decision_rule, latent_norms
+
+    card = detector.card
+    # Candidates at the card's own class thresholds and no gate: the gate is what is being chosen.
+    rule = decision_rule(card, None, 0.0)
+    positive = cfg.positive_class or card.positive_class
+    if positive not in card.class_names:
+        raise ValueError(f"class {positive!r} is not one of the model's classes {', '.join(card.class_names)}")
+    positive_id = card.class_names.index(positive)
+    norms, truth = [], []
+    for outputs, labels in labelled_outputs(detector, cfg):
+        _, class_id, candidate = decide_tiles(rule, outputs)
+        keep = candidate & (class_id == positive_id)
+        norms.append(np.where(keep, latent_norms(rule, outputs).astype(np.float64), -np.inf))
+        truth.append(labels == 0)
+    scores, is_pos = np.concatenate(norms), np.concatenate(truth)
+    if cfg.target_precision is not None:
+        gate, target = threshold_for_precision(scores, is_pos, cfg.target_precision), {"precision": cfg.target_precision}
+    else:
+        gate, target = threshold_for_recall(scores, is_pos, cfg.target_recall), {"recall": cfg.target_recall}
+    # The gate keeps norm >= gate where the curve is norm > t: the next float32 above t (norms are float32).
+    gate = max(0.0, float(np.nextafter(np.float32(gate), np.float32(np.inf))))
+    finite = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
+    return {"norm_gate": gate, "previous_norm_gate": card.norm_gate, "target": target, "patches": int(scores.size),
+            "positives": int(is_pos.sum()), "report": metrics.binary_report(finite, is_pos, np.nextafter(gate, -np.inf))}
 
 
 # -- the command -----------------------------------------------------------------
@@ -332,23 +373,29 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         names[f"background_{cfg.false_alarms:g}_per_{cfg.per}"] = report["background"]["threshold"]
         log.info("background: threshold %.4g lets %d of %d frames alarm", report["background"]["threshold"],
                  report["background"]["alarm_frames"], report["background"]["frames"])
-    if cfg.labelled is not None:
+    card = detector.card
+    norm_gate = card.norm_gate
+    if cfg.labelled is not None and card.head == "cosine":
+        report["labelled"] = labelled_norm_gate(detector, cfg)
+        norm_gate = report["labelled"]["norm_gate"]
+        log.info("labelled: norm gate %.4g (was %.4g) for %s %s", norm_gate, card.norm_gate,
+                 *next(iter(report["labelled"]["target"].items())))
+    elif cfg.labelled is not None:
         report["labelled"] = labelled_threshold(detector, cfg)
         key = next(iter(report["labelled"]["target"].items()))
         chosen.append(report["labelled"]["threshold"])
         names[f"{key[0]}_{key[1]:g}"] = report["labelled"]["threshold"]
         log.info("labelled: threshold %.4g for %s %s", report["labelled"]["threshold"], *key)
-    threshold = float(max(chosen))
-    card = detector.card
-    thresholds = {**card.thresholds, **names, "calibrated": threshold}
+    threshold = float(max(chosen)) if chosen else previous
+    thresholds = {**card.thresholds, **names, **({"calibrated": threshold} if chosen else {})}
     main_key = f"class:{card.positive_class}" if card.positive_class else None
     if main_key and main_key in thresholds:
         thresholds[main_key] = threshold
     # The card keeps the tiling it was calibrated with: the threshold only holds for it.
-    calibrated = card.replace(threshold=threshold, thresholds=thresholds, tiling=tiling)
+    calibrated = card.replace(threshold=threshold, thresholds=thresholds, tiling=tiling, norm_gate=norm_gate)
     output = Path(cfg.output) if cfg.output else Path.cwd() / f"{detector.artifact.stem}.calibrated.card.json"
     write_card(calibrated, output)
-    report.update(threshold=threshold, card=str(output))
+    report.update(threshold=threshold, norm_gate=norm_gate, card=str(output))
     if cfg.report:
         from patchdet.runtime.atomic import atomic_write_json
 

@@ -145,6 +145,11 @@ def tile_rows(array: np.ndarray, dense: bool) -> np.ndarray:
     return array.reshape(-1)
 
 
+def latent_norms(rule: DecisionRule, outputs: Mapping[str, np.ndarray], dense: bool = False) -> np.ndarray:
+    """float32 [N] latent norm of every tile of a ``cosine`` head (what ``norm_gate`` is compared with)."""
+    return _cosine_and_norm(rule, outputs, dense)[1]
+
+
 def _cosine_and_norm(rule: DecisionRule, outputs: Mapping[str, np.ndarray], dense: bool
                      ) -> tuple[np.ndarray, np.ndarray]:
     embedding = tile_rows(outputs["embedding"], dense) if "embedding" in outputs else None

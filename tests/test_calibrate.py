@@ -111,6 +111,32 @@ def test_labelled_calibration_reaches_the_target(tmp_path):
     assert read_card(tmp_path / "card2.json").threshold == pytest.approx(recall["threshold"])
 
 
+def test_labelled_norm_gate_of_a_cosine_head_reaches_the_target(tmp_path):
+    # The fixture's cosine head calls bright patches "person" with a latent norm that grows with brightness
+    # (about 2 at grey 120-200, 6.3 at 200-255): with dim greys as negatives, precision 1 needs a gate between.
+    model = write_model(tmp_path / "c.onnx", "cosine")
+    rng = np.random.default_rng(2)
+    for name, low, high in (("person", 200, 256), ("car", 120, 200)):
+        (tmp_path / "patches" / name).mkdir(parents=True)
+        for i in range(5):
+            cv2.imwrite(str(tmp_path / "patches" / name / f"{i}.png"),
+                        rng.integers(low, high, size=(32, 32, 3), dtype=np.uint8))
+    before = read_card(model.with_suffix(".card.json"))
+    report = calibrate(CalibrateConfig(model=str(model), labelled=str(tmp_path / "patches"), positive_class="person",
+                                       target_precision=1.0, backend="onnxruntime", output=str(tmp_path / "card.json")))
+    gate = report["labelled"]["norm_gate"]
+    assert 1.9 < gate <= 6.3 and report["labelled"]["report"]["positive"]["recall"] == 1.0
+    card = read_card(tmp_path / "card.json")
+    assert card.norm_gate == pytest.approx(gate) and card.threshold == before.threshold  # the class rule stays
+    detector = Detector(str(model), backend="onnxruntime", card=tmp_path / "card.json")
+    from patchdet.runtime.imagefolder import normalize_batch
+
+    for name, expected in (("person", True), ("car", False)):
+        images = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((tmp_path / "patches" / name).iterdir())])
+        _, _, positive = detector.tile_decisions(detector.infer(normalize_batch(images, card.mean, card.std)))
+        assert positive.all() if expected else not positive.any()
+
+
 def test_both_sources_take_the_stricter_threshold(tmp_path):
     model = write_model(tmp_path / "m.onnx", "modulus")
     report = calibrate(CalibrateConfig(model=str(model), background=str(_background_video(tmp_path / "e.avi")),

@@ -162,9 +162,12 @@ def test_block_split_holds_out_the_last_block_of_each_folder_and_drops_duplicate
     assert train_set.images.shape[1:] == (3, 16, 16)
 
 
-def test_tiles_augment_needs_a_binary_run():
+def test_tiles_augment_needs_a_binary_run_or_an_object_and_background():
     with pytest.raises(ValueError, match="binary run"):
         TrainConfig(data="d", augment=AugmentConfig(kind="tiles"))
+    with pytest.raises(ValueError, match="binary run"):
+        TrainConfig(data="d", classes=("background", "car"), augment=AugmentConfig(kind="tiles"))
+    TrainConfig(data="d", classes=("car", "background"), loss="pod", augment=AugmentConfig(kind="tiles"))
     with pytest.raises(ValueError, match="small_car_fraction"):
         TileAugmentConfig(cut_car_fraction=0.6, small_car_fraction=0.6)
     with pytest.raises(ValueError, match="augment kind"):
@@ -210,3 +213,18 @@ def test_extra_positives_need_classes_and_a_binary_run():
         TrainConfig(data="x", positive="car", negatives=("bg",), extra_positives="y")
     with pytest.raises(ValueError, match="binary run"):
         TrainConfig(data="x", classes=("a", "b"), extra_positives="y", extra_positive_classes=("a",))
+
+
+def test_pod_car_and_background_trains_on_synthesized_tiles(tmp_path):
+    from patchdet.training.run_data import load_run_data, training_dataset
+
+    _write_frames(tmp_path / "data" / "car" / "GTI", 24)
+    _write_frames(tmp_path / "data" / "background" / "Extras", 24, start_value=40)
+    cfg = TrainConfig(data=str(tmp_path / "data"), classes=("car", "background"), loss="pod", split="blocks",
+                      val_fraction=0.25, augment=AugmentConfig(kind="tiles"), input_size=32, epochs=1,
+                      batch_size=16, out=str(tmp_path / "run"), tensorboard=False)
+    train_set, _ = load_run_data(cfg, list(cfg.classes))
+    dataset = training_dataset(cfg, train_set)
+    assert list(dataset.backgrounds) == list(np.flatnonzero(train_set.labels.numpy() == 1))
+    result = train(cfg)
+    assert load_checkpoint(result.best_checkpoint)["background_class"] == "background"

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+BACKGROUND_CLASS = "background"  # a class folder of this name is what multi-class detectors call "nothing"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -170,7 +171,9 @@ class TrainConfig:
                 raise ValueError(f"{name} {getattr(self, name)} is invalid: expected >= 1 (leave it out for all)")
         if self.extra_positives and self.positive is None:
             raise ValueError("extra_positives needs a binary run: expected --positive and --negatives")
-        if self.augment.kind == "tiles" and (self.positive is None or not self.negatives):
-            raise ValueError("augment kind 'tiles' needs a binary run: expected --positive and --negatives")
+        if self.augment.kind == "tiles" and (self.positive is None or not self.negatives) and not (
+                BACKGROUND_CLASS in self.classes and self.classes[0] != BACKGROUND_CLASS):
+            raise ValueError("augment kind 'tiles' needs a binary run (--positive and --negatives) or classes whose "
+                             "first is the object and one is 'background' (e.g. --classes car,background)")
         if self.input_size <= 0:
             raise ValueError(f"input size {self.input_size} is invalid: expected a positive integer")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from patchdet.training.config import TrainConfig
+from patchdet.training.config import BACKGROUND_CLASS, TrainConfig
 from patchdet.training.data import (
     AugmentedImages,
     ImageSet,
@@ -71,8 +71,10 @@ def training_dataset(cfg: TrainConfig, train_set: ImageSet):
     if cfg.augment.kind == "tiles":
         from patchdet.training.synthesis import TileSynthesis
 
-        # The main tree's negative classes are the road backgrounds cars get pasted on; extras are used as they are.
-        backgrounds = tuple(range(1, 1 + len(cfg.negatives)))
+        # The main tree's negative classes (or a multi-class run's ``background``) are the road backgrounds that
+        # class-0 objects get pasted on; other classes and extras are used as they are.
+        backgrounds = tuple(range(1, 1 + len(cfg.negatives))) if cfg.positive is not None else tuple(
+            i for i, name in enumerate(train_set.class_names) if name == BACKGROUND_CLASS)
         return TileSynthesis(train_set, cfg.augment, backgrounds)
     return AugmentedImages(train_set, cfg.augment)
 

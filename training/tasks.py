@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from patchdet.runtime.metrics import binary_report, fraction_at_origin
-from patchdet.training.config import TrainConfig
+from patchdet.training.config import BACKGROUND_CLASS, TrainConfig
 from patchdet.training.pod import (
     check_same_classes,
     cosine_to_centroids,
@@ -85,7 +85,6 @@ class ModulusTask:
         """Hook for losses with epoch-level state (none for N2O)."""
 
 
-BACKGROUND_CLASS = "background"
 
 
 class MultiClassTask:
