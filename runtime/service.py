@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 OPEN_RETRY_MAX_S = 30.0
 WARMUP_FRAME_WH = (640, 360)  # a 16:9 frame: the usual camera aspect
+DENSE_STACK = 2  # mosaic canvases of a dense model per backend call (benchmarks/results/serve.md)
 
 
 def keep_in_zones(detections: Detections, zones, masks) -> Detections:
@@ -263,12 +264,20 @@ class Service:
                 if key not in self.models:
                     detector = load_detector(settings)
                     # Memory planning on the first calls takes seconds: do it before the cameras start.
-                    if detector.dense:  # mosaics depend on the frame's aspect only (reference height)
-                        detector.warmup(frame_wh=WARMUP_FRAME_WH)
+                    if detector.dense:
+                        # Mosaics depend on the frame's aspect only (reference height). Each new batch size costs
+                        # ONNX Runtime seconds of planning on its first calls, and stacking canvases gains little
+                        # (4 % per frame at two): at most DENSE_STACK canvases per call, each size warmed up.
+                        canvas = detector.preprocess(np.zeros((WARMUP_FRAME_WH[1], WARMUP_FRAME_WH[0], 3),
+                                                              np.uint8)).batch.copy()
+                        for n in range(1, DENSE_STACK + 1):
+                            detector.warmup(batch=np.concatenate([canvas] * n))
+                        max_items = DENSE_STACK
                     else:
                         w, h = detector.card.input_wh
                         detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))
-                    self.models[key] = SharedModel(detector, config.batch.max_tiles, config.batch.linger_ms)
+                        max_items = config.batch.max_tiles
+                    self.models[key] = SharedModel(detector, max_items, config.batch.linger_ms)
                     logger.info("model %s on %s shared by the cameras that use it%s", detector.artifact.name,
                                 detector.backend_name, " (dense: one mosaic per frame)" if detector.dense else "")
                 try:

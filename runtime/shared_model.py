@@ -42,7 +42,8 @@ class SharedModel:
 
     Args:
         detector: The model's ``Detector`` (its backend is what is shared).
-        max_tiles: Most tiles in one backend call (a single larger frame still goes in one call).
+        max_tiles: Most tiles in one backend call (a single larger frame still goes in one call); for a dense
+            model, whose requests are one canvas each, the most canvases.
         linger_ms: After the first waiting request, how long to wait for others to join the call.
     """
 
