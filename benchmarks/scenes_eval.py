@@ -32,7 +32,8 @@ LABELS = "benchmarks/data/scenes_dev/scenes_dev.json"
 DETECTORS: dict[str, tuple[str, str]] = {
     "discnn8_car64": (
         "the built-in default (`runtime/assets/discnn8_car64_dense.onnx`): DisCNN-8 at 64x64 trained on real car and "
-        "road crops (vehicles, tile synthesis v4: `benchmarks/configs/car_v4.yaml`), dense over a mosaic of 9 scales: "
+        "road crops (vehicles, tile synthesis v4: `benchmarks/configs/car_v4.yaml`) plus CIFAR-10 automobiles as extra "
+        "positives (car64 v5, `real_car_models.md`), dense over a mosaic of 9 scales: "
         "windows 1.5 wide per high, 40 to 252 px wide at 360 px frame height, every quarter window; NMS 0.3; "
         "threshold 3 (the card's)",
         f"patchdet evaluate --labels {LABELS} --backend onnxruntime --json {{json}}",
@@ -40,7 +41,7 @@ DETECTORS: dict[str, tuple[str, str]] = {
     "discnn8_car64_street_calibrated": (
         "the same model calibrated on the street camera's own footage (no labels): `patchdet calibrate --video "
         "../shared/data/scenes/videos/ahmetozlu_street_cam.mp4 --out benchmarks/results/scenes_eval/"
-        "street_cam.card.json` (threshold 10 % above the background plate's best window: 2.29; the scales that "
+        "street_cam.card.json` (threshold 10 % above the background plate's best window: 2.63; the scales that "
         "frame the cars that moved, here all 9); only its street-camera row applies, the other sources are not "
         "that camera",
         f"patchdet evaluate --card benchmarks/results/scenes_eval/street_cam.card.json --labels {LABELS} "
