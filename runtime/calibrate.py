@@ -292,15 +292,18 @@ def score_labelled(detector, cfg: CalibrateConfig, batch_size: int = 256) -> tup
     return np.concatenate(scores), np.concatenate(truth)
 
 
+def threshold_for_target(scores: np.ndarray, is_positive: np.ndarray, cfg: CalibrateConfig
+                         ) -> tuple[float, dict[str, float]]:
+    """(threshold, {"precision"|"recall": target}) for the config's target precision or recall."""
+    if cfg.target_precision is not None:
+        return threshold_for_precision(scores, is_positive, cfg.target_precision), {"precision": cfg.target_precision}
+    return threshold_for_recall(scores, is_positive, cfg.target_recall), {"recall": cfg.target_recall}
+
+
 def labelled_threshold(detector, cfg: CalibrateConfig) -> dict[str, Any]:
     """Threshold from a labelled ImageFolder at the target precision or recall."""
     scores, truth = score_labelled(detector, cfg)
-    if cfg.target_precision is not None:
-        threshold = threshold_for_precision(scores, truth, cfg.target_precision)
-        target = {"precision": cfg.target_precision}
-    else:
-        threshold = threshold_for_recall(scores, truth, cfg.target_recall)
-        target = {"recall": cfg.target_recall}
+    threshold, target = threshold_for_target(scores, truth, cfg)
     finite = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
     return {"threshold": threshold, "target": target, "patches": int(scores.size), "positives": int(truth.sum()),
             "report": metrics.binary_report(finite, truth, threshold)}
@@ -324,10 +327,7 @@ def labelled_norm_gate(detector, cfg: CalibrateConfig) -> dict[str, Any]:
         norms.append(np.where(keep, latent_norms(rule, outputs).astype(np.float64), -np.inf))
         truth.append(labels == 0)
     scores, is_pos = np.concatenate(norms), np.concatenate(truth)
-    if cfg.target_precision is not None:
-        gate, target = threshold_for_precision(scores, is_pos, cfg.target_precision), {"precision": cfg.target_precision}
-    else:
-        gate, target = threshold_for_recall(scores, is_pos, cfg.target_recall), {"recall": cfg.target_recall}
+    gate, target = threshold_for_target(scores, is_pos, cfg)
     # The gate keeps norm >= gate where the curve is norm > t: the next float32 above t (norms are float32).
     gate = max(0.0, float(np.nextafter(np.float32(gate), np.float32(np.inf))))
     finite = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)

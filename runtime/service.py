@@ -39,6 +39,25 @@ WARMUP_FRAME_WH = (640, 360)  # a 16:9 frame: the usual camera aspect
 DENSE_STACK = 2  # mosaic canvases of a dense model per backend call (benchmarks/results/serve.md)
 
 
+def warm_up_shared(detector, max_tiles: int) -> int:
+    """Run a shared model on the batches it will see before the cameras start; returns the most items per call.
+
+    Memory planning on the first calls takes seconds. A dense model's mosaics depend on the frame's aspect only
+    (reference height); each new batch size costs ONNX Runtime seconds of planning on its first calls while
+    stacking canvases gains little (4 % per frame at two): at most ``DENSE_STACK`` canvases per call, each size
+    warmed up. A patch model is warmed up at ``max_tiles`` tiles.
+    """
+    if not detector.dense:
+        w, h = detector.card.input_wh
+        detector.warmup(batch=np.zeros((max_tiles, 3, h, w), np.float32))
+        return max_tiles
+    frame = np.zeros((WARMUP_FRAME_WH[1], WARMUP_FRAME_WH[0], 3), np.uint8)
+    canvas = detector.preprocess(frame).batch.copy()
+    for n in range(1, DENSE_STACK + 1):
+        detector.warmup(batch=np.concatenate([canvas] * n))
+    return DENSE_STACK
+
+
 def keep_in_zones(detections: Detections, zones, masks) -> Detections:
     """Detections whose box centre is inside a zone (when there are zones) and inside no mask."""
     if not len(detections) or (not zones and not masks):
@@ -263,20 +282,7 @@ class Service:
                 key = model_key(settings)
                 if key not in self.models:
                     detector = load_detector(settings)
-                    # Memory planning on the first calls takes seconds: do it before the cameras start.
-                    if detector.dense:
-                        # Mosaics depend on the frame's aspect only (reference height). Each new batch size costs
-                        # ONNX Runtime seconds of planning on its first calls, and stacking canvases gains little
-                        # (4 % per frame at two): at most DENSE_STACK canvases per call, each size warmed up.
-                        canvas = detector.preprocess(np.zeros((WARMUP_FRAME_WH[1], WARMUP_FRAME_WH[0], 3),
-                                                              np.uint8)).batch.copy()
-                        for n in range(1, DENSE_STACK + 1):
-                            detector.warmup(batch=np.concatenate([canvas] * n))
-                        max_items = DENSE_STACK
-                    else:
-                        w, h = detector.card.input_wh
-                        detector.warmup(batch=np.zeros((config.batch.max_tiles, 3, h, w), np.float32))
-                        max_items = config.batch.max_tiles
+                    max_items = warm_up_shared(detector, config.batch.max_tiles)
                     self.models[key] = SharedModel(detector, max_items, config.batch.linger_ms)
                     logger.info("model %s on %s shared by the cameras that use it%s", detector.artifact.name,
                                 detector.backend_name, " (dense: one mosaic per frame)" if detector.dense else "")

@@ -52,6 +52,9 @@ class SharedModel:
         # One backend call per gathered batch: BatchInference must not split it again.
         self.detector.inference.max_batch = None
         self.max_tiles, self.linger_s = max_tiles, linger_ms / 1e3
+        # A fixed batch axis (a static engine or IR) takes exactly its batch: requests cannot be stacked.
+        shape = getattr(detector.backend, "input_shape", None)
+        self._fixed_batch = bool(shape) and isinstance(shape[0], int) and shape[0] > 0
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._stop = threading.Event()
         self.calls = 0
@@ -99,12 +102,6 @@ class SharedModel:
                 continue
             for group in stackable_groups(self._gather(first), self._fixed_batch):
                 self._call(group)
-
-    @property
-    def _fixed_batch(self) -> bool:
-        """The artifact's batch axis is a fixed size (a static engine or IR): requests cannot be stacked."""
-        shape = getattr(self.detector.backend, "input_shape", None)
-        return bool(shape) and isinstance(shape[0], int) and shape[0] > 0
 
     def _call(self, requests: list[_Request]) -> None:
         try:
