@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from patchdet.runtime.preprocess import BufferPool, Normalization, mosaic_to_blob
-from patchdet.runtime.tiling import mosaic_layout, mosaic_window_boxes
+from patchdet.runtime.tiling import mosaic_layout, mosaic_window_boxes, skyline_pack
 
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
@@ -85,3 +85,34 @@ def test_mosaic_of_a_frame_smaller_than_every_tile_is_refused():
     with pytest.raises(ValueError, match="smaller than the tile at every scale"):
         mosaic_layout((40, 30), 96, 96, (1.0, 0.5), 16)
     assert len(mosaic_layout((200, 100), 96, 96, (1.0, 0.5), 16).levels) == 1  # the 192 px scale is left out
+
+
+def test_skyline_pack_places_every_rectangle_inside_the_width_without_overlap():
+    sizes = [(64, 48), (32, 80), (96, 32), (16, 16), (48, 48), (64, 16)]
+    offsets = skyline_pack(sizes, 128)
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(offsets, sizes, strict=True)]
+    for i, a in enumerate(rects):
+        assert 0 <= a[0] and a[2] <= 128 and a[1] >= 0
+        for b in rects[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    assert all(x % 16 == 0 and y % 16 == 0 for x, y in offsets)  # sides on a stride give offsets on it
+    assert max(r[3] for r in rects) < sum(h for _, h in sizes)  # side by side where they fit, not one column
+    with pytest.raises(ValueError, match="wider than the canvas"):
+        skyline_pack([(200, 10)], 128)
+
+
+def test_mosaic_levels_are_one_stride_apart_and_the_canvas_is_smaller_than_one_shelf_per_level():
+    # the built-in default's 9 scales on a 640x352 frame: 64 px model, 48x32 px windows, stride 16
+    scales = (1.2, 0.96, 0.7619, 0.6, 0.48, 0.381, 0.3, 0.24, 0.1905)
+    layout = mosaic_layout((640, 352), 64, (48, 32), scales, 16)
+    assert len(layout.levels) == 9
+    for i, a in enumerate(layout.levels):
+        (ax, ay), (aw, ah) = a.offset_xy, a.padded_wh
+        assert ax + aw <= layout.canvas_wh[0] and ay + ah <= layout.canvas_wh[1]
+        for b in layout.levels[i + 1:]:  # a gutter of one stride of zeros between any two levels
+            (bx, by), (bw, bh) = b.offset_xy, b.padded_wh
+            assert ax + aw + 16 <= bx or bx + bw + 16 <= ax or ay + ah + 16 <= by or by + bh + 16 <= ay
+    used = sum(w * h for w, h in (level.padded_wh for level in layout.levels))
+    stacked = max(w for w, _ in (level.padded_wh for level in layout.levels)) * sum(
+        h for _, h in (level.padded_wh for level in layout.levels))
+    assert used / (layout.canvas_wh[0] * layout.canvas_wh[1]) > 0.85 and layout.canvas_wh[0] * layout.canvas_wh[1] < stacked
