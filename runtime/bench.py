@@ -304,7 +304,7 @@ def measure_row(artifact: Path, card: Any, variant: Variant, frame: str, tiling:
             if key not in f1_cache:
                 f1_cache[key] = labelled_ap50(detector, cfg.labels)
             row["ap50"] = f1_cache[key]
-        if cfg.motion_gate and not detector.dense:
+        if cfg.motion_gate:
             from patchdet.runtime.motion import gated_agreement
 
             row["motion_gate"] = gated_agreement(detector, frames)

@@ -82,7 +82,8 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
                      help="progress line every S seconds (0: never)")
     gate = parser.add_argument_group("fixed cameras")
     gate.add_argument("--motion-gate", action="store_true", default=None,
-                      help="re-score only tiles whose pixels changed since they were last scored")
+                      help="re-score only tiles (a dense model: windows) whose pixels changed since they were last "
+                           "scored")
     gate.add_argument("--motion-threshold", type=_number, metavar="G",
                       help="mean grey-level change that re-scores a tile")
     gate.add_argument("--motion-refresh", type=_positive_int, metavar="N",

@@ -12,7 +12,16 @@ decisions, merging and sinks see a full frame as before.
 (``preprocess`` -> ``infer`` -> ``decide``) so ``runtime.loop.Pipeline`` runs
 it unchanged: the gate picks tiles in ``preprocess`` (reader thread, frame
 order) and the cache is filled in ``decide`` (writer thread, frame order).
-Patch models only (a dense model scores the whole frame in one pass).
+
+A dense model (``DenseMotionGatedDetector``) has no tiles to pick: its windows
+are the cells of one score map over the mosaic canvas. The gate then compares
+the frame with its reference in blocks of ``BLOCK_PX`` pixels
+(``MotionGate.changed_blocks``); every window that overlaps a changed block is
+stale. Per mosaic level, the stale windows are grouped into rectangles
+(connected regions), each cut from the canvas with one stride of real pixels
+around it as context, packed into a small canvas (``runtime.tiling.pack_canvas``)
+and scored in one call; the windows of each rectangle are written into the
+cached score map. ``gate_detector`` picks the wrapper for a detector.
 """
 
 from __future__ import annotations
@@ -25,10 +34,17 @@ import cv2
 import numpy as np
 
 from patchdet.runtime.preprocess import Prepared, as_bgr, tiles_to_blob
+from patchdet.runtime.tiling import pack_canvas
 
 # Grey copies are kept at 1/4 resolution: enough to see a car move, 16x less to compare.
 DOWNSCALE = 4
-
+# Dense models: change is measured in blocks of 8x8 grey pixels (32x32 frame pixels) ...
+BLOCK_PX = 8 * DOWNSCALE
+# ... stale windows closer than this many cells are re-scored as one rectangle (fewer, larger cuts: each cut
+# costs a window's overlap around it) ...
+JOIN_CELLS = 1
+# ... and the small canvas is rounded up to multiples of this many pixels, so the engine meets few shapes.
+CANVAS_QUANTUM = 128
 
 class MotionGate:
     """Which tiles changed since they were last scored.
@@ -47,6 +63,7 @@ class MotionGate:
         self._references: list[np.ndarray] = []
         self._key: tuple | None = None
         self._since_refresh = 0
+        self._block_reference: np.ndarray | None = None
 
     def select(self, frame_bgr: np.ndarray, tiles_xyxy: np.ndarray) -> np.ndarray:
         """bool [N]: tiles to re-score in this frame (their references are updated now)."""
@@ -69,6 +86,48 @@ class MotionGate:
         return changed
 
 
+    def changed_blocks(self, frame_bgr: np.ndarray) -> np.ndarray | None:
+        """bool [rows, cols] of ``BLOCK_PX`` frame-pixel blocks whose mean grey change passes the threshold, or
+        None when everything is to be scored (first frame, new frame size, refresh). Each block's reference is
+        updated when it changes, so a window whose blocks all stayed put saw at most twice the threshold."""
+        h, w = frame_bgr.shape[:2]
+        small = cv2.resize(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY), (max(1, w // DOWNSCALE),
+                           max(1, h // DOWNSCALE)), interpolation=cv2.INTER_AREA)
+        side = BLOCK_PX // DOWNSCALE
+        rows, cols = -(-small.shape[0] // side), -(-small.shape[1] // side)
+        padded = np.zeros((rows * side, cols * side), np.uint8)
+        padded[:small.shape[0], :small.shape[1]] = small
+        key = ((w, h), "blocks")
+        if key != self._key or self._since_refresh + 1 >= self.refresh_every or self._block_reference is None:
+            self._key, self._since_refresh, self._block_reference = key, 0, padded
+            return None
+        self._since_refresh += 1
+        diff = cv2.absdiff(padded, self._block_reference).reshape(rows, side, cols, side)
+        # mean over the block's frame pixels only (the padding of edge blocks holds no change)
+        inside = np.zeros((rows * side, cols * side), np.float32)
+        inside[:small.shape[0], :small.shape[1]] = 1.0
+        area = inside.reshape(rows, side, cols, side).sum(axis=(1, 3))
+        changed = diff.sum(axis=(1, 3), dtype=np.float64) > self.threshold * np.maximum(area, 1.0)
+        if changed.any():
+            expand = np.repeat(np.repeat(changed, side, axis=0), side, axis=1)
+            np.copyto(self._block_reference, padded, where=expand)
+        return changed
+
+
+def windows_touching(blocks: np.ndarray, windows_xyxy: np.ndarray, block_px: int = BLOCK_PX) -> np.ndarray:
+    """bool [N]: windows (frame-pixel boxes, empty ones never) that overlap a True block of ``blocks``."""
+    boxes = np.asarray(windows_xyxy, dtype=np.int64)
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    rows, cols = blocks.shape
+    x0 = np.clip(boxes[:, 0] // block_px, 0, cols - 1)
+    y0 = np.clip(boxes[:, 1] // block_px, 0, rows - 1)
+    x1 = np.clip((boxes[:, 2] - 1) // block_px, 0, cols - 1) + 1
+    y1 = np.clip((boxes[:, 3] - 1) // block_px, 0, rows - 1) + 1
+    table = cv2.integral(blocks.astype(np.uint8))  # int32 [rows + 1, cols + 1]
+    count = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return valid & (count > 0)
+
+
 @dataclass
 class GatedPrepared(Prepared):
     """A ``Prepared`` whose ``batch`` holds only the re-scored tiles (``rescored``: their indices)."""
@@ -86,7 +145,7 @@ class MotionGatedDetector:
 
     def __init__(self, detector: Any, gate: MotionGate | None = None) -> None:
         if detector.dense:
-            raise ValueError("--motion-gate needs a patch model: a dense model scores the whole frame in one pass")
+            raise ValueError("MotionGatedDetector needs a patch model: use DenseMotionGatedDetector (gate_detector)")
         self.detector, self.gate = detector, gate or MotionGate()
         self._cache: dict[str, np.ndarray] | None = None
         self.tiles_scored = 0
@@ -131,13 +190,149 @@ class MotionGatedDetector:
                                                              "refresh_every": self.gate.refresh_every}}
 
 
+@dataclass
+class DensePrepared(Prepared):
+    """A dense frame for the gate: ``batch`` is the whole canvas (``regions`` None) or the small canvas of cuts.
+
+    Attributes:
+        regions: int64 [M, 6] per cut: score-map row and column of its first stale window, rows and columns
+            of stale windows, and the row and column of that first window in the small canvas's score map.
+        cells: Windows the cuts re-score.
+    """
+
+    regions: np.ndarray | None = None
+    cells: int = 0
+
+
+def stale_rectangles(stale: np.ndarray, join_cells: int = JOIN_CELLS) -> list[tuple[int, int, int, int]]:
+    """(row, col, rows, cols) rectangles that cover the True cells of a mask; cells closer than ``join_cells``
+    share one rectangle (connected regions of the mask dilated by that much, then clipped back to the mask's
+    own extent)."""
+    mask = stale.astype(np.uint8)
+    if join_cells > 0:
+        mask = cv2.dilate(mask, np.ones((2 * join_cells + 1, 2 * join_cells + 1), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    rectangles = []
+    for x, y, w, h, _ in stats[1:count].tolist():
+        inside = np.argwhere(stale[y:y + h, x:x + w])
+        if len(inside):
+            (r0, c0), (r1, c1) = inside.min(axis=0), inside.max(axis=0)
+            rectangles.append((y + int(r0), x + int(c0), int(r1 - r0) + 1, int(c1 - c0) + 1))
+    return rectangles
+
+
+class DenseMotionGatedDetector:
+    """A dense ``Detector`` that re-scores only the windows of its canvas that saw motion.
+
+    Args:
+        detector: A dense ``runtime.detector.Detector`` (its mosaic canvas is one score map).
+        gate: The ``MotionGate`` (default settings when None).
+    """
+
+    def __init__(self, detector: Any, gate: MotionGate | None = None) -> None:
+        if not detector.dense:
+            raise ValueError("DenseMotionGatedDetector needs a dense model: use MotionGatedDetector (gate_detector)")
+        self.detector, self.gate = detector, gate or MotionGate()
+        self.stride = int(detector.card.dense_stride)
+        self.window_wh = tuple(int(v) for v in detector.card.input_wh)
+        self._cache: dict[str, np.ndarray] | None = None
+        self._maps: dict[tuple[int, int], tuple[tuple[int, int], list[tuple[int, int, int, int]]]] = {}
+        self.tiles_scored = 0
+        self.tiles_seen = 0
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped detector's
+        return getattr(self.detector, name)
+
+    def score_map(self, frame_wh: tuple[int, int]) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]]:
+        """The score map's (rows, cols) for a frame size and each level's window cells (row, col, rows, cols)."""
+        known = self._maps.get(frame_wh)
+        if known is None:
+            layout = self.detector.tiler.layout_for(frame_wh)
+            (win_w, win_h), s = self.window_wh, self.stride
+            map_hw = ((layout.canvas_wh[1] - win_h) // s + 1, (layout.canvas_wh[0] - win_w) // s + 1)
+            levels = [(level.offset_xy[1] // s, level.offset_xy[0] // s, (level.padded_wh[1] - win_h) // s + 1,
+                       (level.padded_wh[0] - win_w) // s + 1) for level in layout.levels]
+            known = self._maps[frame_wh] = (map_hw, levels)
+        return known
+
+    def preprocess(self, frame_bgr: np.ndarray) -> DensePrepared:
+        frame = as_bgr(frame_bgr)
+        frame_wh = (frame.shape[1], frame.shape[0])
+        canvas = self.detector.preprocess(frame)
+        blocks = self.gate.changed_blocks(frame)
+        map_hw, levels = self.score_map(frame_wh)
+        if blocks is None:
+            return DensePrepared(canvas.batch, canvas.tiles_xyxy, frame_wh, None, map_hw[0] * map_hw[1])
+        windows = self.detector.tiler.dense_boxes_for(map_hw, frame_wh)
+        stale = windows_touching(blocks, windows).reshape(map_hw)
+        cuts = []  # (map row, map col, rows, cols, context above, context left, canvas y, x, h, w)
+        (win_w, win_h), s = self.window_wh, self.stride
+        for row0, col0, rows, cols in levels:
+            for r, c, h, w in stale_rectangles(stale[row0:row0 + rows, col0:col0 + cols], JOIN_CELLS):
+                # one stride of the level's own pixels around the cut, where the level has them
+                top, left = min(1, r), min(1, c)
+                bottom, right = min(1, rows - r - h), min(1, cols - c - w)
+                y, x = (row0 + r - top) * s, (col0 + c - left) * s
+                cuts.append((row0 + r, col0 + c, h, w, top, left, y, x, (h + top + bottom - 1) * s + win_h,
+                             (w + left + right - 1) * s + win_w))
+        if not cuts:
+            if self.detector.pool is not None:
+                self.detector.pool.give(canvas.batch)
+            empty = np.zeros((0, 3, win_h, win_w), np.float32)
+            return DensePrepared(empty, canvas.tiles_xyxy, frame_wh, np.zeros((0, 6), np.int64), 0)
+        (small_w, small_h), offsets = pack_canvas([(cut[9], cut[8]) for cut in cuts], s)
+        small_w = -(-small_w // CANVAS_QUANTUM) * CANVAS_QUANTUM
+        small_h = -(-small_h // CANVAS_QUANTUM) * CANVAS_QUANTUM
+        batch = np.zeros((1, canvas.batch.shape[1], small_h, small_w), np.float32)
+        regions = np.zeros((len(cuts), 6), np.int64)
+        for n, ((map_r, map_c, h, w, top, left, y, x, ch, cw), (ox, oy)) in enumerate(zip(cuts, offsets, strict=True)):
+            batch[0, :, oy:oy + ch, ox:ox + cw] = canvas.batch[0, :, y:y + ch, x:x + cw]
+            regions[n] = (map_r, map_c, h, w, oy // s + top, ox // s + left)
+        if self.detector.pool is not None:
+            self.detector.pool.give(canvas.batch)
+        cells = int((regions[:, 2] * regions[:, 3]).sum())
+        return DensePrepared(batch, canvas.tiles_xyxy, frame_wh, regions, cells)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.detector.infer(batch) if len(batch) else {}
+
+    def decide(self, outputs: dict[str, np.ndarray], prepared: DensePrepared) -> Any:
+        """The cached score map with the re-scored windows written in, then the detector's decisions."""
+        map_hw, _ = self.score_map(prepared.frame_wh)
+        if prepared.regions is None:
+            self._cache = {name: np.array(value, copy=True) for name, value in outputs.items()}
+        elif self._cache is None or tuple(self._cache["score"].shape[-2:]) != map_hw:
+            raise ValueError("motion gate cache is empty but not every window was scored")
+        else:
+            for map_r, map_c, h, w, small_r, small_c in prepared.regions.tolist():
+                for name, value in outputs.items():
+                    self._cache[name][0, ..., map_r:map_r + h, map_c:map_c + w] = \
+                        value[0, ..., small_r:small_r + h, small_c:small_c + w]
+        self.tiles_scored += prepared.cells
+        self.tiles_seen += map_hw[0] * map_hw[1]
+        return self.detector.decide(self._cache, prepared)
+
+    def __call__(self, frame_bgr: np.ndarray) -> Any:
+        prepared = self.preprocess(frame_bgr)
+        return self.decide(self.infer(prepared.batch), prepared)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.detector.describe(), "motion_gate": {"threshold": self.gate.threshold,
+                                                             "refresh_every": self.gate.refresh_every}}
+
+
+def gate_detector(detector: Any, gate: MotionGate | None = None) -> MotionGatedDetector | DenseMotionGatedDetector:
+    """The motion-gated wrapper for a detector: per tile for a patch model, per canvas piece for a dense one."""
+    return DenseMotionGatedDetector(detector, gate) if detector.dense else MotionGatedDetector(detector, gate)
+
+
 def gated_agreement(detector: Any, frames: list[np.ndarray], gate: MotionGate | None = None) -> dict[str, Any]:
     """Frames/s of the gated detector on ``frames`` and its decision agreement with scoring every tile.
 
     Agreement: the fraction of tile decisions (positive or not) equal to those of the ungated detector, over
     every tile of every frame. The first frame is always fully scored (it fills the cache).
     """
-    gated = MotionGatedDetector(detector, gate)
+    gated = gate_detector(detector, gate)
     masks, start = [], time.perf_counter()
     for frame in frames:
         masks.append(gated(frame).positive_mask.copy())

@@ -90,11 +90,6 @@ class DetectConfig(DetectorSettings):
     motion_threshold: float = 3.0
     motion_refresh: int = 50
 
-    @property
-    def needs_patch_model(self) -> bool:
-        """Explicit tiles or the motion gate (it re-scores single tiles) need the per-tile patch model."""
-        return self.motion_gate or super().needs_patch_model
-
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_ints(self, ("max_frames",))
@@ -201,9 +196,9 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
                          "photos: use --save-images DIR for one annotated image per photo (same name and size)")
     detector = load_detector(cfg)
     if cfg.motion_gate:
-        from patchdet.runtime.motion import MotionGate, MotionGatedDetector
+        from patchdet.runtime.motion import MotionGate, gate_detector
 
-        detector = MotionGatedDetector(detector, MotionGate(cfg.motion_threshold, cfg.motion_refresh))
+        detector = gate_detector(detector, MotionGate(cfg.motion_threshold, cfg.motion_refresh))
     options = StreamOptions(vid_stride=cfg.vid_stride, max_fps=cfg.max_fps, drop_frames=cfg.drop_frames,
                             reconnect_timeout_s=cfg.reconnect_timeout_s)
     log.info("model %s (%s), backend %s, threshold %.4g, tiles %s stride %s scales %s%s", detector.artifact.name,

@@ -338,20 +338,28 @@ def mosaic_layout(frame_wh: Sequence[int], window_wh: int | Sequence[int], tile_
     if not sized:
         raise ValueError(f"frame size {frame_w}x{frame_h} is smaller than the tile at every scale {tuple(scales)}: "
                          "expected a larger frame or smaller tiles")
-    padded_sizes = [padded for _, _, padded in sized]
-    with_gutter = [(w + step, h + step) for w, h in padded_sizes]
+    canvas_wh, offsets = pack_canvas([padded for _, _, padded in sized], step)
+    levels = tuple(MosaicLevel(scale_xy, size, offset, padded)
+                   for (scale_xy, size, padded), offset in zip(sized, offsets, strict=True))
+    return MosaicLayout((frame_w, frame_h), canvas_wh, levels)
+
+
+def pack_canvas(sizes_wh: Sequence[tuple[int, int]], step: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The smallest canvas (and the offsets in it) that holds rectangles ``step`` apart (``skyline_pack``).
+
+    Widths from the widest rectangle to twice that, in multiples of ``step``, are tried; the gutter of one
+    ``step`` right of and below each rectangle is left out of the canvas at its right and bottom edges.
+    """
+    with_gutter = [(w + step, h + step) for w, h in sizes_wh]
     widest = max(w for w, _ in with_gutter)
     best: tuple[tuple[int, int], list[tuple[int, int]]] | None = None
     for width in range(widest, 2 * widest + 1, step):
         offsets = skyline_pack(with_gutter, width)
-        canvas_wh = (max(x + w for (x, _), (w, _) in zip(offsets, padded_sizes, strict=True)),
-                     max(y + h for (_, y), (_, h) in zip(offsets, padded_sizes, strict=True)))
+        canvas_wh = (max(x + w for (x, _), (w, _) in zip(offsets, sizes_wh, strict=True)),
+                     max(y + h for (_, y), (_, h) in zip(offsets, sizes_wh, strict=True)))
         if best is None or canvas_wh[0] * canvas_wh[1] < best[0][0] * best[0][1]:
             best = (canvas_wh, offsets)
-    canvas_wh, offsets = best
-    levels = tuple(MosaicLevel(scale_xy, size, offset, padded)
-                   for (scale_xy, size, padded), offset in zip(sized, offsets, strict=True))
-    return MosaicLayout((frame_w, frame_h), canvas_wh, levels)
+    return best
 
 
 def skyline_pack(sizes_wh: Sequence[tuple[int, int]], canvas_w: int) -> list[tuple[int, int]]:

@@ -14,6 +14,7 @@ from patchdet.training.config import AugmentConfig, TileAugmentConfig, TrainConf
 from patchdet.training.data import ImageSet, block_split, file_index_key, load_block_split
 from patchdet.training.synthesis import (
     TileSynthesis,
+    car_part,
     cut_car_center,
     feather_mask,
     paste,
@@ -115,6 +116,23 @@ def test_positive_tiles_hold_the_car_and_negatives_only_a_sliver():
     assert np.all(extra == 120)  # extra negatives are used as they are
 
 
+def test_car_part_negatives_are_an_enlarged_window_of_a_car():
+    car = np.zeros((32, 32, 3), np.uint8)
+    car[:, :16] = 255  # left half white: a window of at most half the side is one colour or a split of both
+    rng = np.random.default_rng(0)
+    shares = []
+    for _ in range(30):
+        part = car_part(car, rng, (0.3, 0.5))
+        assert part.shape == car.shape
+        shares.append((part[..., 0] > 127).mean())
+    assert min(shares) < 0.05 and max(shares) > 0.95  # enlarged: some parts hold no edge at all
+    parts = TileAugmentConfig(brightness=0, contrast=0, blur=0, low_resolution=0, jpeg=0, cut_car_fraction=0,
+                              car_part_fraction=1.0)
+    dataset = TileSynthesis(_image_set(side=32), AugmentConfig(kind="tiles", hflip=False, tiles=parts), (1,))
+    negative = dataset.sample(6, rng)
+    assert np.all(negative == 200) and dataset.labels[6] == 1  # a background sample that is all car, labelled not-car
+
+
 def test_synthesize_tiles_is_fixed_by_the_seed():
     image_set = _image_set()
     a = synthesize_tiles(image_set, AugmentConfig(kind="tiles"), (1,), seed=1)
@@ -170,6 +188,10 @@ def test_tiles_augment_needs_a_binary_run_or_an_object_and_background():
     TrainConfig(data="d", classes=("car", "background"), loss="pod", augment=AugmentConfig(kind="tiles"))
     with pytest.raises(ValueError, match="small_car_fraction"):
         TileAugmentConfig(cut_car_fraction=0.6, small_car_fraction=0.6)
+    with pytest.raises(ValueError, match="car_part_fraction"):
+        TileAugmentConfig(cut_car_fraction=0.5, small_car_fraction=0.3, car_part_fraction=0.3)
+    with pytest.raises(ValueError, match="car_part_scale"):
+        TileAugmentConfig(car_part_scale=(0.3, 1.5))
     with pytest.raises(ValueError, match="augment kind"):
         AugmentConfig(kind="mosaic")
 

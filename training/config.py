@@ -27,7 +27,11 @@ class TileAugmentConfig:
     inside the tile, and ``small_car_fraction`` of them one to three cars of
     ``small_car_scale`` of the tile (a tile much larger than a car is not that
     car's box: without these, the largest tile around a car scores highest
-    and wins NMS). ``aspect``: every positive is stretched horizontally by a
+    and wins NMS), and ``car_part_fraction`` of them a part of a car: a
+    window of ``car_part_scale`` of a car crop's side, enlarged to the tile
+    (a tile much smaller than a near car is not that car's box either:
+    without these, a bumper or a door scores as a car beside the whole car's
+    box, and a near car gets two boxes). ``aspect``: every positive is stretched horizontally by a
     factor drawn log-uniformly from this range (runtime tiles need not be
     square: a side-view car in a wide tile, resized to the square input, looks
     narrower than it is). Photometric noise on every sample.
@@ -41,6 +45,8 @@ class TileAugmentConfig:
     cut_visible: tuple[float, float] = (0.1, 0.35)
     small_car_fraction: float = 0.0
     small_car_scale: tuple[float, float] = (0.12, 0.33)
+    car_part_fraction: float = 0.0
+    car_part_scale: tuple[float, float] = (0.3, 0.55)
     aspect: tuple[float, float] = (1.0, 1.0)
     brightness: float = 0.3
     contrast: float = 0.3
@@ -50,14 +56,17 @@ class TileAugmentConfig:
     jpeg_quality: tuple[int, int] = (35, 90)
 
     def __post_init__(self) -> None:
-        for name in ("plain_fraction", "two_cars", "cut_car_fraction", "small_car_fraction", "blur", "low_resolution",
-                     "jpeg"):
+        for name in ("plain_fraction", "two_cars", "cut_car_fraction", "small_car_fraction", "car_part_fraction", "blur",
+                     "low_resolution", "jpeg"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"tiles.{name} {value} is invalid: expected a probability in [0, 1]")
-        if self.cut_car_fraction + self.small_car_fraction > 1.0:
-            raise ValueError(f"tiles.cut_car_fraction + tiles.small_car_fraction = "
-                             f"{self.cut_car_fraction + self.small_car_fraction} is invalid: expected <= 1")
+        negatives = self.cut_car_fraction + self.small_car_fraction + self.car_part_fraction
+        if negatives > 1.0:
+            raise ValueError(f"tiles.cut_car_fraction + tiles.small_car_fraction + tiles.car_part_fraction = "
+                             f"{negatives:g} is invalid: expected <= 1")
+        if not 0 < self.car_part_scale[0] <= self.car_part_scale[1] <= 1:
+            raise ValueError(f"tiles.car_part_scale {self.car_part_scale} is invalid: expected 0 < low <= high <= 1")
         for name in ("car_scale", "cut_visible", "small_car_scale", "aspect", "jpeg_quality"):
             low, high = getattr(self, name)
             if not 0 < low <= high:

@@ -111,6 +111,14 @@ def random_crop(image: np.ndarray, rng: np.random.Generator, area: tuple[float, 
     return cv2.resize(image[y:y + crop, x:x + crop], (side, side), interpolation=cv2.INTER_LINEAR)
 
 
+def car_part(car: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
+    """A window of ``scale`` of a car crop's side, anywhere inside it, enlarged back to the crop's size."""
+    side = car.shape[0]
+    window = max(2, int(round(side * rng.uniform(*scale))))
+    y, x = (int(v) for v in rng.integers(0, side - window + 1, 2))
+    return cv2.resize(car[y:y + window, x:x + window], (side, side), interpolation=cv2.INTER_LINEAR)
+
+
 def photometric(image: np.ndarray, rng: np.random.Generator, tiles: TileAugmentConfig) -> np.ndarray:
     """Brightness/contrast jitter, then maybe blur, low resolution and JPEG; uint8 HWC in and out."""
     out = image.astype(np.float32)
@@ -203,6 +211,8 @@ class TileSynthesis(Dataset):
                 for _ in range(int(rng.integers(1, 4))):
                     car_side = max(2, int(round(side * rng.uniform(*tiles.small_car_scale))))
                     tile = paste(tile, self._car(rng), tuple(rng.uniform(0.15, 0.85, 2) * side), car_side)
+            elif draw < tiles.cut_car_fraction + tiles.small_car_fraction + tiles.car_part_fraction:
+                tile = car_part(self._car(rng), rng, tiles.car_part_scale)
         else:
             tile = image.copy()
         if self.augment.hflip and rng.random() < 0.5:
