@@ -1,6 +1,8 @@
 """Per-frame detections -> events with hysteresis: one passing car is one event, not 40 frame records.
 
-A track follows one object from frame to frame (greedy nearest-centre matching per class). It becomes an
+A track follows one object from frame to frame: greedy nearest-centre matching per class, against where the
+track's constant velocity puts it now, within ``match_distance`` diagonals of the larger of the track's and the
+detection's boxes (a car coming nearer grows and speeds up in the picture). It becomes an
 event once it was seen in ``min_hits`` of its last ``window`` frames, and the event ends when the object has
 not been seen for ``end_after_s`` seconds. Tracks that never reach ``min_hits`` (flicker) make no event.
 """
@@ -66,6 +68,7 @@ class _Track:
     first_seen: float = 0.0
     seen: int = 0
     best_changed: bool = False
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # pixels per second, smoothed
 
 
 def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,17 +100,20 @@ class EventTracker:
         cfg = self.config
         xyxy = np.asarray(detections.xyxy, np.float64).reshape(-1, 4)
         centers = (xyxy[:, :2] + xyxy[:, 2:]) / 2.0
+        diagonals = np.hypot(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
         unmatched = set(range(len(detections)))
         for track in self.tracks:
             track.hits.append(False)
-        # Greedy: each track takes the nearest free detection of its class within match_distance diagonals.
+        # Greedy: each track takes the nearest free detection of its class within match_distance diagonals
+        # of where its velocity puts it now.
         pairs = []
         for t, track in enumerate(self.tracks):
+            predicted = track.center + track.velocity * (timestamp - track.last_seen)
             for d in unmatched:
                 if int(detections.class_id[d]) != track.class_id:
                     continue
-                dist = float(np.linalg.norm(centers[d] - track.center))
-                if dist <= cfg.match_distance * max(track.diagonal, 1.0):
+                dist = float(np.linalg.norm(centers[d] - predicted))
+                if dist <= cfg.match_distance * max(track.diagonal, float(diagonals[d]), 1.0):
                     pairs.append((dist, t, d))
         taken_tracks: set[int] = set()
         for _, t, d in sorted(pairs):
@@ -161,7 +167,11 @@ class EventTracker:
             track.hits.append(True)
         else:
             track.hits[-1] = True
-        track.center = (box[:2] + box[2:]) / 2.0
+        center = (box[:2] + box[2:]) / 2.0
+        if not new and timestamp > track.last_seen:  # smoothed, so one shifted box does not fling the prediction
+            step = (center - track.center) / (timestamp - track.last_seen)
+            track.velocity = step if not track.velocity.any() else 0.5 * (track.velocity + step)
+        track.center = center
         track.diagonal = float(np.hypot(box[2] - box[0], box[3] - box[1]))
         track.last_seen = timestamp
         track.seen += 1

@@ -67,8 +67,8 @@ class EventConfig:
         min_hits: An object becomes an event when seen in ``min_hits`` of the last ``window`` frames.
         window: Frames looked back for ``min_hits``.
         end_after_s: The event ends when its object has not been seen for this long.
-        match_distance: A detection continues a track when its centre is within this many track-box
-            diagonals of the track's last centre.
+        match_distance: A detection continues a track when its centre is within this many box diagonals
+            (the larger of the track's last box and the detection's) of where the track's velocity puts it.
         same_object_overlap: A detection that no track takes starts no track of its own when at least this
             share of the smaller box lies inside another box of its class in the same frame that does (one
             object, two boxes: a car and its lower half); 1.0 only when fully inside.

@@ -129,6 +129,19 @@ def test_a_second_box_inside_a_tracked_object_starts_no_event():
     assert [k for k, _, _ in side_by_side] == ["start", "start"]
 
 
+def test_a_car_coming_nearer_stays_one_event():
+    # A car that grows from 40 to 200 px wide as it comes nearer and moves faster in the picture, missed in
+    # two frames: its box jumps farther than the last box's diagonal, but not from where its velocity puts it.
+    tracker = EventTracker("cam", ("car",), EventConfig(min_hits=3, window=5, end_after_s=1.0))
+    transitions = []
+    for i in range(12):
+        side, x = 40 + 15 * i, 100 + 3 * i * i
+        boxes = [] if i in (6, 7) else [(x, 100 + 2 * i * i, x + side, 100 + 2 * i * i + 0.6 * side)]
+        transitions += tracker.update(_dets(*boxes), i * 0.1)
+    transitions += tracker.close()
+    assert [k for k, _, _ in transitions] == ["start", "end"]
+
+
 def test_overlap_of_smaller_box():
     from patchdet.runtime.events import overlap_of_smaller
 
