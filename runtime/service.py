@@ -22,6 +22,7 @@ import numpy as np
 
 from patchdet.runtime.detections import Detections
 from patchdet.runtime.events import EventTracker
+from patchdet.runtime.motion import MotionGate, gate_detector
 from patchdet.runtime.service_config import (
     CameraConfig,
     SiteConfig,
@@ -189,7 +190,9 @@ class CameraWorker:
             # overlap the shared inference, as the three threads of ``patchdet detect`` do.
             t0 = time.perf_counter()
             prepared = self.view.preprocess(frame.image)
-            queued = (frame, prepared, self.model.submit(prepared.batch), time.perf_counter() - t0)
+            # a motion-gated frame where nothing changed has nothing to score
+            request = self.model.submit(prepared.batch) if len(prepared.batch) else None
+            queued = (frame, prepared, request, time.perf_counter() - t0)
             if pending is not None:
                 self._complete(*pending, source)
             pending = queued
@@ -202,7 +205,7 @@ class CameraWorker:
         """Wait for a frame's shared inference, then zones, events, sinks and metrics."""
         name, m = self.config.name, self.service.metrics
         t1 = time.perf_counter()
-        outputs = self.model.result(request)
+        outputs = self.model.result(request) if request is not None else {}
         self.view.pool.give(prepared.batch)
         t2 = time.perf_counter()
         result = self.view.decide(outputs, prepared)
@@ -290,6 +293,8 @@ class Service:
                     view = camera_view(self.models[key].detector, settings)
                 except ValueError as exc:
                     raise ValueError(f"camera {camera.name!r}: {exc}") from None
+                if camera.motion_gate:  # the gate's cache is the camera's own; the model stays shared
+                    view = gate_detector(view, MotionGate(camera.motion_threshold, camera.motion_refresh))
                 views.append((camera, self.models[key], view))
             self._open_sinks()
             self.cameras = [CameraWorker(camera, model, view, self) for camera, model, view in views]

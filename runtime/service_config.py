@@ -45,6 +45,10 @@ class CameraConfig:
         loop: Start a video file again when it ends (demos and benchmarks).
         max_fps: Process at most this many frames per second.
         vid_stride: Use every ``vid_stride``-th frame of the source.
+        motion_gate: Re-score only the tiles (a dense model: windows) whose pixels changed since they were
+            last scored, as ``patchdet detect --motion-gate`` (fixed cameras; ``runtime.motion``).
+        motion_threshold: Mean grey-level change that re-scores a tile.
+        motion_refresh: Re-score everything every this many frames.
     """
 
     name: str
@@ -57,6 +61,9 @@ class CameraConfig:
     loop: bool = False
     max_fps: float | None = None
     vid_stride: int = 1
+    motion_gate: bool = False
+    motion_threshold: float = 3.0
+    motion_refresh: int = 50
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,13 @@ def check_site(site: SiteConfig) -> None:
             raise ValueError(f"camera {camera.name!r} vid_stride {camera.vid_stride} is invalid: expected >= 1")
         if camera.max_fps is not None and not camera.max_fps > 0:
             raise ValueError(f"camera {camera.name!r} max_fps {camera.max_fps!r} is invalid: expected > 0")
+        if camera.motion_gate:
+            from patchdet.runtime.motion import MotionGate
+
+            try:
+                MotionGate(camera.motion_threshold, camera.motion_refresh)
+            except ValueError as exc:
+                raise ValueError(f"camera {camera.name!r}: {exc}") from None
         settings = camera_settings(site, camera)
         if settings.dense and settings.needs_patch_model:
             raise ValueError(f"camera {camera.name!r} detector: dense and tile/stride exclude each other (a dense "

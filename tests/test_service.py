@@ -50,6 +50,7 @@ def write_site(tmp_path, model, cameras, **extra):
     ([{"name": "a", "source": "x.avi"}], {"mqtt": {"qos": 3}}, "mqtt qos 3"),
     ([{"name": "a", "source": "x.avi"}], {"extra": 1}, "unknown config key(s) extra"),
     ([{"name": "a", "source": "x.avi"}], {"events": {"same_object_overlap": 0}}, "same_object_overlap 0"),
+    ([{"name": "a", "source": "x.avi", "motion_gate": True, "motion_threshold": -1}], {}, "'a': motion threshold"),
     ([{"name": "a", "source": "x.avi", "detector": {"dense": True}}], {}, "dense and tile/stride exclude"),
 ])
 def test_bad_site_file_is_one_line_naming_key_and_file(tmp_path, model, cameras, extra, message):
@@ -286,6 +287,24 @@ def test_service_runs_cameras_serves_metrics_and_reports_a_down_camera(tmp_path,
     assert starts and all((tmp_path / "out" / "snapshots" / "left" / f"{r['id']}.jpg").is_file() for r in starts)
     assert len([r for r in events if r["type"] == "end"]) == len(starts)
     assert service.models and next(iter(service.models.values())).frames >= 30
+
+
+@pytest.mark.parametrize("kind", ["modulus", "dense"])
+def test_motion_gated_camera_gives_the_same_events_as_an_ungated_one(tmp_path, video, kind):
+    model = write_model(tmp_path / f"{kind}.onnx", kind)
+    cameras = [{"name": "plain", "source": str(video)},
+               {"name": "gated", "source": str(video), "motion_gate": True, "motion_threshold": 0}]
+    path = write_site(tmp_path, model, cameras, events={"min_hits": 2, "window": 3, "end_after_s": 0.3})
+    if kind == "dense":  # a dense export scores every window: no tile/stride
+        site = yaml.safe_load(path.read_text())
+        site["detector"] = {k: v for k, v in site["detector"].items() if k not in ("tile", "stride")}
+        path.write_text(yaml.safe_dump(site))
+    service = Service(load_site_config(path))
+    service.run()
+    plain, gated = service.cameras
+    assert plain.frames == gated.frames == 12 and plain.detections == gated.detections > 0
+    assert plain.events == gated.events > 0
+    assert gated.view.tiles_scored < gated.view.tiles_seen  # the still background was not scored again
 
 
 def test_zone_outside_the_frame_stops_the_service_with_one_line(tmp_path, model, video, capsys):
