@@ -19,9 +19,10 @@ the frame with its reference in blocks of ``BLOCK_PX`` pixels
 (``MotionGate.changed_blocks``); every window that overlaps a changed block is
 stale. Per mosaic level, the stale windows are grouped into rectangles
 (connected regions), each cut from the canvas with one stride of real pixels
-around it as context, packed into a small canvas (``runtime.tiling.pack_canvas``)
-and scored in one call; the windows of each rectangle are written into the
-cached score map. ``gate_detector`` picks the wrapper for a detector.
+around it as context, packed into a canvas as wide as the mosaic and a few
+eighths of its height (``runtime.tiling.skyline_pack``) and scored in one
+call; the windows of each rectangle are written into the cached score map.
+When the cuts need most of the mosaic, the whole mosaic is scored instead. ``gate_detector`` picks the wrapper for a detector.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import cv2
 import numpy as np
 
 from patchdet.runtime.preprocess import Prepared, as_bgr, tiles_to_blob
-from patchdet.runtime.tiling import pack_canvas
+from patchdet.runtime.tiling import skyline_pack
 
 # Grey copies are kept at 1/4 resolution: enough to see a car move, 16x less to compare.
 DOWNSCALE = 4
@@ -43,8 +44,11 @@ BLOCK_PX = 8 * DOWNSCALE
 # ... stale windows closer than this many cells are re-scored as one rectangle (fewer, larger cuts: each cut
 # costs a window's overlap around it) ...
 JOIN_CELLS = 1
-# ... and the small canvas is rounded up to multiples of this many pixels, so the engine meets few shapes.
-CANVAS_QUANTUM = 128
+# ... packed into a canvas as wide as the whole mosaic and a whole number of eighths of its height (so the
+# engine meets at most a few input shapes, each planned once); when the cuts need more than MAX_SHARE of the
+# mosaic's height, the whole mosaic is scored instead (no gain left, and its shape is warmed up).
+HEIGHT_STEPS = 8
+MAX_SHARE = 0.75
 
 class MotionGate:
     """Which tiles changed since they were last scored.
@@ -280,9 +284,13 @@ class DenseMotionGatedDetector:
                 self.detector.pool.give(canvas.batch)
             empty = np.zeros((0, 3, win_h, win_w), np.float32)
             return DensePrepared(empty, canvas.tiles_xyxy, frame_wh, np.zeros((0, 6), np.int64), 0)
-        (small_w, small_h), offsets = pack_canvas([(cut[9], cut[8]) for cut in cuts], s)
-        small_w = -(-small_w // CANVAS_QUANTUM) * CANVAS_QUANTUM
-        small_h = -(-small_h // CANVAS_QUANTUM) * CANVAS_QUANTUM
+        full_h, full_w = canvas.batch.shape[2:]
+        offsets = skyline_pack([(cut[9] + s, cut[8] + s) for cut in cuts], full_w + s)  # a stride of gutter
+        used_h = max(oy + cut[8] for cut, (_, oy) in zip(cuts, offsets, strict=True))
+        step_h = -(-full_h // (HEIGHT_STEPS * s)) * s
+        small_h, small_w = -(-used_h // step_h) * step_h, full_w
+        if small_h > MAX_SHARE * full_h:  # cutting buys nothing: score the whole mosaic
+            return DensePrepared(canvas.batch, canvas.tiles_xyxy, frame_wh, None, map_hw[0] * map_hw[1])
         batch = np.zeros((1, canvas.batch.shape[1], small_h, small_w), np.float32)
         regions = np.zeros((len(cuts), 6), np.int64)
         for n, ((map_r, map_c, h, w, top, left, y, x, ch, cw), (ox, oy)) in enumerate(zip(cuts, offsets, strict=True)):
@@ -299,7 +307,7 @@ class DenseMotionGatedDetector:
     def decide(self, outputs: dict[str, np.ndarray], prepared: DensePrepared) -> Any:
         """The cached score map with the re-scored windows written in, then the detector's decisions."""
         map_hw, _ = self.score_map(prepared.frame_wh)
-        if prepared.regions is None:
+        if prepared.regions is None:  # the whole mosaic was scored
             self._cache = {name: np.array(value, copy=True) for name, value in outputs.items()}
         elif self._cache is None or tuple(self._cache["score"].shape[-2:]) != map_hw:
             raise ValueError("motion gate cache is empty but not every window was scored")
