@@ -246,6 +246,9 @@ def detect(cfg: DetectConfig | None = None, **settings: Any) -> dict:
         frame_wh=list(pipeline.frame_wh) if pipeline.frame_wh else None,
         source_fps=round(source.measured_fps, 3) if source.measured_fps else source.fps,
         source_fps_nominal=source.fps,
+        motion_gate=None if not cfg.motion_gate else {
+            "threshold": cfg.motion_threshold, "refresh_every": cfg.motion_refresh,
+            "rescored_fraction": round(detector.tiles_scored / max(detector.tiles_seen, 1), 4)},
         outputs={k: v for k, v in (("jsonl", cfg.jsonl), ("video", cfg.save_video), ("images", cfg.save_images),
                                    ("crops", cfg.crops),
                                    ("config", str(config_path) if config_path else None)) if v},

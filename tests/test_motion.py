@@ -156,6 +156,10 @@ def test_detect_with_motion_gate_matches_detect_without(tmp_path, kind, tiling):
         jsonl = tmp_path / f"d{gate}.jsonl"
         cfg = DetectConfig(model=str(model), source=str(video), backend="onnxruntime", threads=1, log_every_s=0,
                            jsonl=str(jsonl), motion_gate=gate, motion_threshold=0.0, **tiling)
-        assert detect(cfg)["frames"] == 10
+        summary = detect(cfg)
+        assert summary["frames"] == 10 and (summary["motion_gate"] is None) == (not gate)
+        if gate:
+            fraction = summary["motion_gate"]["rescored_fraction"]  # a tiny mosaic is re-scored whole
+            assert 0 < fraction <= 1 and (kind == "dense" or fraction < 1)
         outputs.append([json.loads(line)["boxes"] for line in jsonl.read_text().splitlines()])
     assert outputs[0] == outputs[1] and any(outputs[0])
