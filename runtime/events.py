@@ -125,10 +125,11 @@ class EventTracker:
         tracked = [d for d in range(len(detections)) if d not in unmatched]
         # Best first, so that of two boxes on one new object the better one starts the track.
         for d in sorted(unmatched, key=lambda i: -float(detections.score[i])):
-            if any(int(detections.class_id[e]) == int(detections.class_id[d])
-                   and overlap_of_smaller(xyxy[d], xyxy[e]) >= cfg.same_object_overlap for e in tracked):
+            tracked_object = any(int(detections.class_id[e]) == int(detections.class_id[d])
+                                 and overlap_of_smaller(xyxy[d], xyxy[e]) >= cfg.same_object_overlap for e in tracked)
+            tracked.append(d)  # one object's boxes: a box mostly inside this one is that object too
+            if tracked_object:
                 continue  # a second box on an object that already has a track
-            tracked.append(d)
             track = _Track(int(detections.class_id[d]), centers[d], 0.0, timestamp, deque(maxlen=cfg.window),
                            first_seen=timestamp)
             self._see(track, xyxy[d], float(detections.score[d]), timestamp, new=True)

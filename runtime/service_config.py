@@ -77,8 +77,9 @@ class EventConfig:
         match_distance: A detection continues a track when its centre is within this many box diagonals
             (the larger of the track's last box and the detection's) of where the track's velocity puts it.
         same_object_overlap: A detection that no track takes starts no track of its own when at least this
-            share of the smaller box lies inside another box of its class in the same frame that does (one
-            object, two boxes: a car and its lower half); 1.0 only when fully inside.
+            share of the smaller box lies inside another box of its class in the same frame that belongs to a
+            tracked object (one object, several boxes: a car, its lower half, its bumper); 1.0 only when fully
+            inside.
         snapshots: Write a JPEG of the frame where each event starts, its box drawn in.
     """
 

@@ -122,6 +122,14 @@ def test_a_second_box_inside_a_tracked_object_starts_no_event():
         transitions += tracker.update(_dets(*boxes), i * 0.1)
     transitions += tracker.close()
     assert [k for k, _, _ in transitions] == ["start", "end"]
+    # A third box mostly inside the second box (not the first) is the same object too.
+    tracker = EventTracker("cam", ("car",), EventConfig(min_hits=2, window=3, end_after_s=0.5))
+    chain = []
+    for i in range(5):
+        boxes = [(100, 40, 260, 150)] if i == 0 else [(100, 40, 260, 150), (200, 60, 300, 140), (265, 80, 305, 120)]
+        chain += tracker.update(_dets(*boxes), i * 0.1)
+    chain += tracker.close()
+    assert [k for k, _, _ in chain] == ["start", "end"]
     # Two cars side by side overlap a little: both are events.
     tracker = EventTracker("cam", ("car",), EventConfig(min_hits=2, window=3, end_after_s=0.5))
     side_by_side = []
@@ -304,7 +312,8 @@ def test_motion_gated_camera_gives_the_same_events_as_an_ungated_one(tmp_path, v
     plain, gated = service.cameras
     assert plain.frames == gated.frames == 12 and plain.detections == gated.detections > 0
     assert plain.events == gated.events > 0
-    assert gated.view.tiles_scored < gated.view.tiles_seen  # the still background was not scored again
+    # the still background was not scored again (a dense mosaic this small is re-scored whole: test_motion.py)
+    assert gated.view.tiles_scored < gated.view.tiles_seen or kind == "dense"
 
 
 def test_zone_outside_the_frame_stops_the_service_with_one_line(tmp_path, model, video, capsys):
