@@ -139,7 +139,31 @@ class GatedPrepared(Prepared):
     rescored: np.ndarray = None  # int64 [M]
 
 
-class MotionGatedDetector:
+class _GatedDetector:
+    """What both gated wrappers share: the wrapped detector, the gate, the output cache and its counters."""
+
+    def __init__(self, detector: Any, gate: MotionGate | None = None) -> None:
+        self.detector, self.gate = detector, gate or MotionGate()
+        self._cache: dict[str, np.ndarray] | None = None
+        self.tiles_scored = 0  # tiles (dense: windows) scored again
+        self.tiles_seen = 0
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped detector's
+        return getattr(self.detector, name)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.detector.infer(batch) if len(batch) else {}
+
+    def __call__(self, frame_bgr: np.ndarray) -> Any:
+        prepared = self.preprocess(frame_bgr)
+        return self.decide(self.infer(prepared.batch), prepared)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.detector.describe(), "motion_gate": {"threshold": self.gate.threshold,
+                                                             "refresh_every": self.gate.refresh_every}}
+
+
+class MotionGatedDetector(_GatedDetector):
     """A ``Detector`` that re-scores only changed tiles and reuses cached outputs for the rest.
 
     Args:
@@ -150,13 +174,7 @@ class MotionGatedDetector:
     def __init__(self, detector: Any, gate: MotionGate | None = None) -> None:
         if detector.dense:
             raise ValueError("MotionGatedDetector needs a patch model: use DenseMotionGatedDetector (gate_detector)")
-        self.detector, self.gate = detector, gate or MotionGate()
-        self._cache: dict[str, np.ndarray] | None = None
-        self.tiles_scored = 0
-        self.tiles_seen = 0
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped detector's
-        return getattr(self.detector, name)
+        super().__init__(detector, gate)
 
     def preprocess(self, frame_bgr: np.ndarray) -> GatedPrepared:
         frame = as_bgr(frame_bgr)
@@ -167,9 +185,6 @@ class MotionGatedDetector:
         batch = tiles_to_blob(frame, tiles[rescored], card.input_wh, self.detector.tiler.normalization) if \
             rescored.size else np.zeros((0, 3, card.input_wh[1], card.input_wh[0]), np.float32)
         return GatedPrepared(batch, tiles, frame_wh, rescored)
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.detector.infer(batch) if len(batch) else {}
 
     def decide(self, outputs: dict[str, np.ndarray], prepared: GatedPrepared) -> Any:
         """Cached outputs with the re-scored tiles' new ones written in, then the detector's decisions."""
@@ -185,13 +200,6 @@ class MotionGatedDetector:
         self.tiles_seen += count
         return self.detector.decide(self._cache, prepared)
 
-    def __call__(self, frame_bgr: np.ndarray) -> Any:
-        prepared = self.preprocess(frame_bgr)
-        return self.decide(self.infer(prepared.batch), prepared)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.detector.describe(), "motion_gate": {"threshold": self.gate.threshold,
-                                                             "refresh_every": self.gate.refresh_every}}
 
 
 @dataclass
@@ -225,7 +233,26 @@ def stale_rectangles(stale: np.ndarray, join_cells: int = JOIN_CELLS) -> list[tu
     return rectangles
 
 
-class DenseMotionGatedDetector:
+@dataclass(frozen=True)
+class Cut:
+    """Stale windows of one mosaic level, cut from the canvas with up to one stride of context around them.
+
+    Attributes:
+        map_rc: Score-map row and column of the first stale window.
+        cells_hw: Stale windows down and across.
+        context_tl: Strides of context above and left of them (0 at the level's edge).
+        canvas_yx: Top-left of the cut in the mosaic canvas (context included), pixels.
+        size_hw: The cut's size in pixels (context included).
+    """
+
+    map_rc: tuple[int, int]
+    cells_hw: tuple[int, int]
+    context_tl: tuple[int, int]
+    canvas_yx: tuple[int, int]
+    size_hw: tuple[int, int]
+
+
+class DenseMotionGatedDetector(_GatedDetector):
     """A dense ``Detector`` that re-scores only the windows of its canvas that saw motion.
 
     Args:
@@ -236,16 +263,10 @@ class DenseMotionGatedDetector:
     def __init__(self, detector: Any, gate: MotionGate | None = None) -> None:
         if not detector.dense:
             raise ValueError("DenseMotionGatedDetector needs a dense model: use MotionGatedDetector (gate_detector)")
-        self.detector, self.gate = detector, gate or MotionGate()
+        super().__init__(detector, gate)
         self.stride = int(detector.card.dense_stride)
         self.window_wh = tuple(int(v) for v in detector.card.input_wh)
-        self._cache: dict[str, np.ndarray] | None = None
         self._maps: dict[tuple[int, int], tuple[tuple[int, int], list[tuple[int, int, int, int]]]] = {}
-        self.tiles_scored = 0
-        self.tiles_seen = 0
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped detector's
-        return getattr(self.detector, name)
 
     def score_map(self, frame_wh: tuple[int, int]) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]]:
         """The score map's (rows, cols) for a frame size and each level's window cells (row, col, rows, cols)."""
@@ -269,40 +290,38 @@ class DenseMotionGatedDetector:
             return DensePrepared(canvas.batch, canvas.tiles_xyxy, frame_wh, None, map_hw[0] * map_hw[1])
         windows = self.detector.tiler.dense_boxes_for(map_hw, frame_wh)
         stale = windows_touching(blocks, windows).reshape(map_hw)
-        cuts = []  # (map row, map col, rows, cols, context above, context left, canvas y, x, h, w)
+        cuts: list[Cut] = []
         (win_w, win_h), s = self.window_wh, self.stride
         for row0, col0, rows, cols in levels:
             for r, c, h, w in stale_rectangles(stale[row0:row0 + rows, col0:col0 + cols], JOIN_CELLS):
                 # one stride of the level's own pixels around the cut, where the level has them
                 top, left = min(1, r), min(1, c)
                 bottom, right = min(1, rows - r - h), min(1, cols - c - w)
-                y, x = (row0 + r - top) * s, (col0 + c - left) * s
-                cuts.append((row0 + r, col0 + c, h, w, top, left, y, x, (h + top + bottom - 1) * s + win_h,
-                             (w + left + right - 1) * s + win_w))
+                cuts.append(Cut((row0 + r, col0 + c), (h, w), (top, left), ((row0 + r - top) * s, (col0 + c - left) * s),
+                                ((h + top + bottom - 1) * s + win_h, (w + left + right - 1) * s + win_w)))
         if not cuts:
             if self.detector.pool is not None:
                 self.detector.pool.give(canvas.batch)
             empty = np.zeros((0, 3, win_h, win_w), np.float32)
             return DensePrepared(empty, canvas.tiles_xyxy, frame_wh, np.zeros((0, 6), np.int64), 0)
         full_h, full_w = canvas.batch.shape[2:]
-        offsets = skyline_pack([(cut[9] + s, cut[8] + s) for cut in cuts], full_w + s)  # a stride of gutter
-        used_h = max(oy + cut[8] for cut, (_, oy) in zip(cuts, offsets, strict=True))
+        # a stride of gutter right of and below each cut, so no window sees another cut
+        offsets = skyline_pack([(cut.size_hw[1] + s, cut.size_hw[0] + s) for cut in cuts], full_w + s)
+        used_h = max(oy + cut.size_hw[0] for cut, (_, oy) in zip(cuts, offsets, strict=True))
         step_h = -(-full_h // (HEIGHT_STEPS * s)) * s
         small_h, small_w = -(-used_h // step_h) * step_h, full_w
         if small_h > MAX_SHARE * full_h:  # cutting buys nothing: score the whole mosaic
             return DensePrepared(canvas.batch, canvas.tiles_xyxy, frame_wh, None, map_hw[0] * map_hw[1])
         batch = np.zeros((1, canvas.batch.shape[1], small_h, small_w), np.float32)
         regions = np.zeros((len(cuts), 6), np.int64)
-        for n, ((map_r, map_c, h, w, top, left, y, x, ch, cw), (ox, oy)) in enumerate(zip(cuts, offsets, strict=True)):
+        for n, (cut, (ox, oy)) in enumerate(zip(cuts, offsets, strict=True)):
+            (y, x), (ch, cw), (top, left) = cut.canvas_yx, cut.size_hw, cut.context_tl
             batch[0, :, oy:oy + ch, ox:ox + cw] = canvas.batch[0, :, y:y + ch, x:x + cw]
-            regions[n] = (map_r, map_c, h, w, oy // s + top, ox // s + left)
+            regions[n] = (*cut.map_rc, *cut.cells_hw, oy // s + top, ox // s + left)
         if self.detector.pool is not None:
             self.detector.pool.give(canvas.batch)
         cells = int((regions[:, 2] * regions[:, 3]).sum())
         return DensePrepared(batch, canvas.tiles_xyxy, frame_wh, regions, cells)
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.detector.infer(batch) if len(batch) else {}
 
     def decide(self, outputs: dict[str, np.ndarray], prepared: DensePrepared) -> Any:
         """The cached score map with the re-scored windows written in, then the detector's decisions."""
@@ -320,13 +339,6 @@ class DenseMotionGatedDetector:
         self.tiles_seen += map_hw[0] * map_hw[1]
         return self.detector.decide(self._cache, prepared)
 
-    def __call__(self, frame_bgr: np.ndarray) -> Any:
-        prepared = self.preprocess(frame_bgr)
-        return self.decide(self.infer(prepared.batch), prepared)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.detector.describe(), "motion_gate": {"threshold": self.gate.threshold,
-                                                             "refresh_every": self.gate.refresh_every}}
 
 
 def gate_detector(detector: Any, gate: MotionGate | None = None) -> MotionGatedDetector | DenseMotionGatedDetector:
