@@ -68,6 +68,7 @@ class MotionGate:
         self._key: tuple | None = None
         self._since_refresh = 0
         self._block_reference: np.ndarray | None = None
+        self._block_area: np.ndarray | None = None
 
     def select(self, frame_bgr: np.ndarray, tiles_xyxy: np.ndarray) -> np.ndarray:
         """bool [N]: tiles to re-score in this frame (their references are updated now)."""
@@ -104,14 +105,14 @@ class MotionGate:
         key = ((w, h), "blocks")
         if key != self._key or self._since_refresh + 1 >= self.refresh_every or self._block_reference is None:
             self._key, self._since_refresh, self._block_reference = key, 0, padded
+            # each block's frame pixels (edge blocks are partly padding, which holds no change)
+            inside = np.zeros((rows * side, cols * side), np.float32)
+            inside[:small.shape[0], :small.shape[1]] = 1.0
+            self._block_area = np.maximum(inside.reshape(rows, side, cols, side).sum(axis=(1, 3)), 1.0)
             return None
         self._since_refresh += 1
         diff = cv2.absdiff(padded, self._block_reference).reshape(rows, side, cols, side)
-        # mean over the block's frame pixels only (the padding of edge blocks holds no change)
-        inside = np.zeros((rows * side, cols * side), np.float32)
-        inside[:small.shape[0], :small.shape[1]] = 1.0
-        area = inside.reshape(rows, side, cols, side).sum(axis=(1, 3))
-        changed = diff.sum(axis=(1, 3), dtype=np.float64) > self.threshold * np.maximum(area, 1.0)
+        changed = diff.sum(axis=(1, 3), dtype=np.float64) > self.threshold * self._block_area
         if changed.any():
             expand = np.repeat(np.repeat(changed, side, axis=0), side, axis=1)
             np.copyto(self._block_reference, padded, where=expand)
@@ -283,10 +284,10 @@ class DenseMotionGatedDetector(_GatedDetector):
     def preprocess(self, frame_bgr: np.ndarray) -> DensePrepared:
         frame = as_bgr(frame_bgr)
         frame_wh = (frame.shape[1], frame.shape[0])
-        canvas = self.detector.preprocess(frame)
         blocks = self.gate.changed_blocks(frame)
         map_hw, levels = self.score_map(frame_wh)
         if blocks is None:
+            canvas = self.detector.preprocess(frame)
             return DensePrepared(canvas.batch, canvas.tiles_xyxy, frame_wh, None, map_hw[0] * map_hw[1])
         windows = self.detector.tiler.dense_boxes_for(map_hw, frame_wh)
         stale = windows_touching(blocks, windows).reshape(map_hw)
@@ -299,11 +300,10 @@ class DenseMotionGatedDetector(_GatedDetector):
                 bottom, right = min(1, rows - r - h), min(1, cols - c - w)
                 cuts.append(Cut((row0 + r, col0 + c), (h, w), (top, left), ((row0 + r - top) * s, (col0 + c - left) * s),
                                 ((h + top + bottom - 1) * s + win_h, (w + left + right - 1) * s + win_w)))
-        if not cuts:
-            if self.detector.pool is not None:
-                self.detector.pool.give(canvas.batch)
+        if not cuts:  # nothing moved: no canvas to build, no engine call
             empty = np.zeros((0, 3, win_h, win_w), np.float32)
-            return DensePrepared(empty, canvas.tiles_xyxy, frame_wh, np.zeros((0, 6), np.int64), 0)
+            return DensePrepared(empty, np.zeros((0, 4), np.int32), frame_wh, np.zeros((0, 6), np.int64), 0)
+        canvas = self.detector.preprocess(frame)
         full_h, full_w = canvas.batch.shape[2:]
         # a stride of gutter right of and below each cut, so no window sees another cut
         offsets = skyline_pack([(cut.size_hw[1] + s, cut.size_hw[0] + s) for cut in cuts], full_w + s)
