@@ -9,7 +9,7 @@ from patchdet.training.backbones import PODClassifier, default_latent_dim
 from patchdet.training.models import count_parameters, get_model, list_models
 from patchdet.training.pedcc import pedcc_centroids
 
-POD_ARCHS = ("smallcnn", "mobilenetv2", "resnet18")
+POD_ARCHS = ("smallcnn", "mobilenetv2", "mobilenetv2_halfres", "resnet18")
 
 
 def test_pod_architectures_are_registered_beside_discnn() -> None:
@@ -27,6 +27,15 @@ def test_output_contract(arch: str, head: str) -> None:
     assert out.shape == ((2, 16) if head == "cosine" else (2, 5))
     assert latent.shape == (2, 16)
     assert out.dtype == torch.float32
+
+
+def test_halfres_mobilenetv2_keeps_the_second_stage_downsampling() -> None:
+    """At 32 px ``mobilenetv2`` runs its second stage at full resolution; the half-resolution variant does not."""
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        full = get_model("mobilenetv2", num_classes=3, input_size=32).backbone.features[:3](x)
+        half = get_model("mobilenetv2_halfres", num_classes=3, input_size=32).backbone.features[:3](x)
+    assert full.shape[-1] == 32 and half.shape[-1] == 16
 
 
 def test_smallcnn_takes_96x96_patches() -> None:
