@@ -37,7 +37,8 @@ class BenchConfig:
     Attributes:
         models: Artifacts (with cards), export folders or checkpoints (exported first with ``patchdet export`` in
             a child process when the export extra is installed); empty: the built-in model.
-        out: Output folder for bench.json/csv/md/png (required: never a default inside the repo).
+        out: Output folder for bench.json/csv/md/png; None: a new ``patchdet-bench-<date>-<time>`` folder in the
+            working directory (never an existing folder, never the repository's ``benchmarks/results``).
         frames: Frame sizes: ``720p``, ``1080p``, ``4k`` or ``WxH``.
         tilings: ``tiled`` (``tile`` every ``stride``), ``card`` (the card's own) or ``dense`` (a dense export).
         tile: Tile side for ``tiled`` (None: the model input size). stride: step for ``tiled`` (None: ``tile``).
@@ -55,7 +56,7 @@ class BenchConfig:
         compare: A previous bench.json to compare with. tolerance: allowed slowdown (0.1 = 10 %).
     """
 
-    out: str
+    out: str | None = None
     models: tuple[str, ...] = ()
     frames: tuple[str, ...] = ("1080p",)
     tilings: tuple[str, ...] = ("tiled", "card")
@@ -383,13 +384,24 @@ def artifact_info(artifact: Path) -> dict[str, Any]:
             "sha256": file_sha256(artifact)}
 
 
+def new_output_folder(now: float | None = None) -> str:
+    """``patchdet-bench-YYYYmmdd-HHMMSS`` in the working directory, with a counter if that name exists."""
+    stem = time.strftime("patchdet-bench-%Y%m%d-%H%M%S", time.localtime(now))
+    name, n = stem, 1
+    while Path(name).exists():
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Measure every row and write the reports into ``cfg.out``; returns the report (``bench.json``'s content)."""
     from patchdet.runtime import bench_report
     from patchdet.runtime.backends import resolve_backend_name  # noqa: F401 -- fail early on a broken install
     from patchdet.runtime.card import read_artifact_card
 
-    out = bench_report.writable_folder(cfg.out)
+    out = bench_report.writable_folder(cfg.out or new_output_folder())
+    logger.info("writing the reports to %s", out)
     previous = bench_report.read_report(cfg.compare) if cfg.compare else None
     if cfg.labels:  # a bad labels file is one line before any row is timed, not an error in every row
         from patchdet.runtime.evaluation import load_labelled_frames

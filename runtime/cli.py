@@ -216,12 +216,13 @@ def _fraction(text: str) -> float:
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``patchdet bench``."""
-    parser.epilog = ("Examples: patchdet bench --out bench/ ; patchdet bench exports/ --frames 720p,1080p,4k "
+    parser.epilog = ("Examples: patchdet bench ; patchdet bench --out bench/ ; patchdet bench exports/ --frames 720p,1080p,4k "
                      "--labelled data/test --out bench/ ; patchdet bench model.onnx --out now/ --compare "
                      "before/bench.json --tolerance 10%%  (exit 1 on a regression)")
     parser.add_argument("models", nargs="*", metavar="MODEL", help="artifacts (.onnx/.xml/.engine with cards) or "
                         "export folders (default: the built-in model)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for bench.json/csv/md/png")
+    parser.add_argument("--out", metavar="DIR", help="folder for bench.json/csv/md/png (default: a new "
+                        "patchdet-bench-DATE-TIME folder here)")
     parser.add_argument("--frames", metavar="F[,F...]", default="1080p", help="frame sizes: 720p, 1080p, 4k or WxH "
                         "(default 1080p)")
     parser.add_argument("--tilings", metavar="T[,T...]", default="tiled,card",

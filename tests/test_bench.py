@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from patchdet.cli import main
-from patchdet.runtime.bench import BenchConfig, frame_wh, run_bench, variants_for
+from patchdet.runtime.bench import BenchConfig, frame_wh, new_output_folder, run_bench, variants_for
 from patchdet.runtime.bench_report import compare
 from tests.fixtures_onnx import write_model
 from tests.runtime_media import moving_square_frames, write_video
@@ -129,6 +129,19 @@ def test_cli_compare_exit_codes(tmp_path, model_and_clip, capsys):
                  "--tolerance", "10%"]) == 1
     out = capsys.readouterr().out  # p50 is a regression; frames/s may be one too on a busy machine
     assert "p50" in out and "vs" in out and " 0 regression(s)" not in out
+
+
+def test_without_out_it_writes_a_new_timestamped_folder(tmp_path, model_and_clip, monkeypatch):
+    model, clip = model_and_clip
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", str(model), "--clip", str(clip), "--frames", "128x96", "--tilings", "tiled", "--backends",
+            "onnxruntime", "--repeats", "3", "--warmup", "0", "--max-seconds", "1", "--no-floor"]
+    assert main(args) == 0
+    (folder,) = tmp_path.glob("patchdet-bench-*")
+    assert json.loads((folder / "bench.json").read_text())["rows"][0]["status"] == "ok"
+    # a folder of that name exists already (two runs in one second): the next name gets a counter
+    (tmp_path / new_output_folder(0.0)).mkdir()
+    assert new_output_folder(0.0).endswith("-2")
 
 
 @pytest.mark.parametrize("changes, message", [
