@@ -34,7 +34,8 @@ DETECTORS: dict[str, tuple[str, str]] = {
         "the built-in default (`runtime/assets/discnn8_car64_dense.onnx`): DisCNN-8 at 64x64 trained on real car and "
         "road crops (vehicles, tile synthesis v4: `benchmarks/configs/car_v4.yaml`) plus CIFAR-10 automobiles as extra "
         "positives (car64 v5, `real_car_models.md`), dense over a mosaic of 9 scales: "
-        "windows 1.5 wide per high, 40 to 252 px wide at 360 px frame height, every quarter window; NMS 0.3; "
+        "windows 1.5 wide per high, 40 to 252 px wide at 360 px frame height, every quarter window; NMS 0.3, a box on part "
+        "of a car grown to the window holding the whole car (`runtime.detections.grow_to_enclosing`); "
         "threshold 3 (the card's)",
         f"patchdet evaluate --labels {LABELS} --backend onnxruntime --json {{json}}",
     ),

@@ -160,3 +160,16 @@ def test_nms_drops_a_box_nested_in_a_better_one():
     merged = merge_boxes(dets, "nms", iou_threshold=0.3)
     assert merged.xyxy.tolist() == [[0, 0, 64, 64], [100, 0, 132, 32]]
     assert merge_boxes(merged, "nms", iou_threshold=0.3).xyxy.tolist() == merged.xyxy.tolist()  # idempotent
+
+
+@pytest.mark.parametrize(("whole_car_score", "grows"), [(2.7, True), (1.5, False)])
+def test_a_box_on_part_of_a_car_grows_to_the_window_holding_the_whole_car(whole_car_score, grows):
+    # the front half of a near car (score 3) inside the window on the whole car: the whole car's box wins when
+    # its window scores nearly as high (>= 0.85 of the part), and only then; the score stays the part's
+    part, whole, other = [40, 10, 100, 50], [0, 0, 120, 80], [300, 0, 340, 30]
+    dets = Detections(np.asarray([part, whole, other], np.float32),
+                      np.asarray([3.0, whole_car_score, 2.0], np.float32), np.zeros(3, np.int64), np.arange(3))
+    merged = merge_boxes(dets, "nms", iou_threshold=0.3)
+    assert merged.xyxy.tolist() == [whole if grows else part, other]
+    assert merged.score.tolist() == [3.0, 2.0] and merged.tile_index.tolist() == [0, 2]
+    assert merge_boxes(merged, "nms", iou_threshold=0.3).xyxy.tolist() == merged.xyxy.tolist()  # idempotent
