@@ -290,7 +290,7 @@ class Service:
                     logger.info("model %s on %s shared by the cameras that use it%s", detector.artifact.name,
                                 detector.backend_name, " (dense: one mosaic per frame)" if detector.dense else "")
                 try:
-                    view = camera_view(self.models[key].detector, settings)
+                    view = camera_view(self.models[key].detector, settings, self.models[key].pool)
                 except ValueError as exc:
                     raise ValueError(f"camera {camera.name!r}: {exc}") from None
                 if camera.motion_gate:  # the gate's cache is the camera's own; the model stays shared
@@ -373,7 +373,8 @@ class Service:
         healthy, status = self.health()
         frames = sum(c.frames for c in self.cameras)
         return {"seconds": round(seconds, 2), "frames": frames, "fps": round(frames / max(seconds, 1e-9), 2),
-                "models": {m.detector.artifact.name: {"backend_calls": m.calls, "frames": m.frames, "tiles": m.tiles}
+                "models": {m.detector.artifact.name: {"backend_calls": m.calls, "frames": m.frames, "tiles": m.tiles,
+                                                           "stacked_in_place": m.stacked_in_place}
                            for m in self.models.values()},
                 "events": sum(c.events for c in self.cameras),
                 **status}

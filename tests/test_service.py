@@ -230,6 +230,46 @@ def test_shared_dense_model_stacks_mosaics_of_equal_shape_and_calls_others_apart
         np.testing.assert_allclose(view.decide(got, prep).detections.xyxy, detector(frame).detections.xyxy)
 
 
+def test_dense_cameras_tile_into_rows_of_one_block_and_are_scored_without_a_copy(tmp_path):
+    dense = write_model(tmp_path / "dense.onnx", "dense")
+    settings = DetectorSettings(model=str(dense), backend="onnxruntime", threads=1)
+    detector = load_detector(settings)
+    shared = SharedModel(detector, max_tiles=2, linger_ms=2000.0)
+    assert shared.pool is not None and shared.pool.stack == 2
+    views = [camera_view(detector, settings, shared.pool) for _ in range(2)]  # two cameras, one pool
+    frames = [white_square_frame((160, 96), (40, 20, 80, 60)), white_square_frame((160, 96), (0, 0, 32, 32))]
+    prepared = [v.preprocess(f) for v, f in zip(views, frames, strict=True)]
+    first, second = (p.batch for p in prepared)
+    assert first.base is second.base and len(first.base) == 2  # rows 0 and 1 of one block
+    expected = [detector.backend(b.copy()) for b in (first, second)]
+    results = _score_together(shared, [second, first])  # arrival order does not matter
+    assert shared.calls == 1 and shared.stacked_in_place == 1
+    for got, want in zip(results, expected[::-1], strict=True):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    for v, p, f in zip(views, prepared, frames, strict=True):
+        np.testing.assert_allclose(v.decide(results[::-1][views.index(v)], p).detections.xyxy,
+                                   detector(f).detections.xyxy)
+    # rows come back to the pool and are lent again; a third canvas on loan gets a second block
+    assert shared.pool.give(first) and shared.pool.give(second)
+    again = [views[0].preprocess(frames[0]).batch for _ in range(3)]
+    assert again[0].base is first.base and again[1].base is first.base and again[2].base is not first.base
+    shared.close()
+
+
+def test_adjacent_rows_only_for_consecutive_rows_of_one_array():
+    from patchdet.runtime.shared_model import adjacent_rows
+
+    block = np.zeros((4, 2, 3), np.float32)  # owns its memory, as a StackingPool block does
+    block[:] = np.arange(4 * 2 * 3).reshape(4, 2, 3)
+    assert np.shares_memory(adjacent_rows([block[1:2], block[2:4]]), block)
+    np.testing.assert_array_equal(adjacent_rows([block[1:2], block[2:4]]), block[1:4])
+    assert adjacent_rows([block[2:3], block[1:2]]) is None  # out of order
+    assert adjacent_rows([block[0:1], block[2:3]]) is None  # a gap
+    assert adjacent_rows([block[0:1], block.copy()[1:2]]) is None  # two arrays
+    assert adjacent_rows([np.zeros((1, 2, 3), np.float32)] * 2) is None  # no base
+
+
 def test_stackable_groups_keep_arrival_order_and_respect_a_fixed_batch():
     from types import SimpleNamespace
 
