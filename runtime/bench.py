@@ -40,7 +40,8 @@ class BenchConfig:
         out: Output folder for bench.json/csv/md/png; None: a new ``patchdet-bench-<date>-<time>`` folder in the
             working directory (never an existing folder, never the repository's ``benchmarks/results``).
         frames: Frame sizes: ``720p``, ``1080p``, ``4k`` or ``WxH``.
-        tilings: ``tiled`` (``tile`` every ``stride``), ``card`` (the card's own) or ``dense`` (a dense export).
+        tilings: ``tiled`` (``tile`` every ``stride``), ``card`` (the card's own: for a dense export its dense
+            mosaic, as ``patchdet detect`` runs it) or ``dense`` (a dense export).
         tile: Tile side for ``tiled`` (None: the model input size). stride: step for ``tiled`` (None: ``tile``).
         backends: Only these backends (None: every one that reads the artifact).
         threads: Inference threads for ours and the floor (None: each engine's default).
@@ -240,8 +241,10 @@ def _settings(artifact: Path, variant: Variant, tiling: str, cfg: BenchConfig, c
         tile = cfg.tile or int(card.input_wh[0])
         return DetectorSettings(model=str(artifact), backend=variant.backend, threads=cfg.threads, tile=tile,
                                 stride=cfg.stride or tile), f"tiled {tile}/{cfg.stride or tile}"
-    return DetectorSettings(model=str(artifact), backend=variant.backend, threads=cfg.threads,
-                            dense=tiling == "dense"), tiling
+    # a dense export's own way of running (its card's tiling, as ``patchdet detect`` runs it) is the dense mosaic
+    dense = tiling == "dense" or (tiling == "card" and bool(card.dense))
+    label = "card (dense)" if tiling == "card" and dense else tiling
+    return DetectorSettings(model=str(artifact), backend=variant.backend, threads=cfg.threads, dense=dense), label
 
 
 def check_frame_fits(card: Any, frame: str, tiling: str, cfg: BenchConfig) -> None:

@@ -201,3 +201,11 @@ def test_dense_rows(tmp_path, model_and_clip):
     rows = _bench(tmp_path, [dense, model], clip, tilings=("dense",), floor=False)["rows"]
     assert rows[0]["status"] == "ok" and rows[0]["tiles"] == 7 * 5  # windows of 32 every 16 px on 128x96
     assert rows[1]["status"].startswith("skipped: dense tiling needs a dense export")
+
+
+def test_a_dense_exports_card_row_runs_it_dense_as_detect_does(tmp_path, model_and_clip):
+    model, clip = model_and_clip
+    dense = write_model(tmp_path / "d.onnx", "dense")
+    rows = _bench(tmp_path, [dense, model], clip, tilings=("card",), floor=False)["rows"]
+    assert [r["tiling"] for r in rows] == ["card (dense)", "card"]
+    assert rows[0]["status"] == "ok" and rows[0]["tiles"] == 7 * 5  # the dense score map, not explicit tiles
