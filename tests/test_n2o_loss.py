@@ -103,10 +103,11 @@ def test_registry_and_bad_options():
         N2OLoss(reduction="avg")(torch.zeros(1, 2), torch.tensor([True]))
 
 
-@pytest.mark.parametrize("kind", ["modulus", "l1", "hinge"])
+@pytest.mark.parametrize("kind", ["modulus", "l1", "hinge", "squared+hinge"])
 def test_negative_variants_by_hand_and_they_reach_the_origin_in_finite_steps(kind):
     z = torch.tensor([[3.0, -4.0, 4.0]])
-    expected = {"modulus": 5.0 / 2, "l1": 7.0 / 2, "hinge": (3.5 + 0.0 + 4.5) / 2}[kind]
+    expected = {"modulus": 5.0 / 2, "l1": 7.0 / 2, "hinge": (3.5 + 0.0 + 4.5) / 2,
+                "squared+hinge": (9 + 16) / 4 + 0.1 * (3.5 + 0.0 + 4.5) / 2}[kind]
     loss = N2OLoss(scale=2.0, negative_term=kind, negative_margin=0.5, reduction="none")
     assert loss(z, torch.tensor([False])).tolist() == pytest.approx([expected])
     # plain gradient descent: the squared term only shrinks geometrically, these land exactly on 0
@@ -129,5 +130,5 @@ def test_negative_variants_by_hand_and_they_reach_the_origin_in_finite_steps(kin
 
 
 def test_unknown_negative_term_is_refused():
-    with pytest.raises(ValueError, match="negative_term 'cubic'.*squared, modulus, l1, hinge"):
+    with pytest.raises(ValueError, match="negative_term 'cubic'.*squared, modulus, l1, hinge, squared\\+hinge"):
         N2OLoss(negative_term="cubic")

@@ -43,6 +43,8 @@ there in finite steps (each is 0 with zero gradient at the origin):
     hinge    sum_k relu(z_k + m) / s       (margin on z before the ReLU: pushes every
                                             pre-activation below -m, so the output is 0
                                             with slack m; ``negative_margin``)
+    squared+hinge  r^2 / s^2 + w * hinge   (the BCE's pull, with a small hinge that finishes
+                                            the way to the origin; ``hinge_weight`` w)
 
 The variants keep the positive term; ``scale`` still sets where p = 0.5.
 
@@ -78,12 +80,15 @@ def _compactness(z: torch.Tensor, target_norm: float) -> torch.Tensor:
     return (z - target).pow(2).sum(dim=1) / dim
 
 
-NEGATIVE_TERMS = ("squared", "modulus", "l1", "hinge")
+NEGATIVE_TERMS = ("squared", "modulus", "l1", "hinge", "squared+hinge")
 
 
-def negative_term_of(z: torch.Tensor, kind: str, scale: float, margin: float) -> torch.Tensor:
+def negative_term_of(z: torch.Tensor, kind: str, scale: float, margin: float, hinge_weight: float = 0.1) -> torch.Tensor:
     """Per-sample negative cost [N] of pre-activations ``z`` [N, D] (float32); see the module docstring."""
     f = F.relu(z)
+    if kind == "squared+hinge":
+        return (f.pow(2).sum(dim=1) / scale**2
+                + hinge_weight * negative_term_of(z, "hinge", scale, margin))
     if kind == "squared":
         return f.pow(2).sum(dim=1) / scale**2
     if kind == "modulus":
@@ -104,8 +109,9 @@ class N2OLoss(nn.Module):
         compactness: ``mu``, weight of the positive compactness term.
         eps: floor of ``1 - exp(-r^2/s^2)`` inside the log (keeps the loss finite).
         reduction: ``mean`` | ``sum`` | ``none`` over the batch.
-        negative_term: ``squared`` (default) | ``modulus`` | ``l1`` | ``hinge``.
+        negative_term: ``squared`` (default) | ``modulus`` | ``l1`` | ``hinge`` | ``squared+hinge``.
         negative_margin: ``m`` of the ``hinge`` term (>= 0).
+        hinge_weight: ``w`` of the hinge in ``squared+hinge`` (>= 0).
 
     Call: ``loss(z, is_positive)`` with ``z`` float [N, D] pre-activation and
     ``is_positive`` bool/int [N].
@@ -120,22 +126,25 @@ class N2OLoss(nn.Module):
         reduction: str = "mean",
         negative_term: str = "squared",
         negative_margin: float = 0.5,
+        hinge_weight: float = 0.1,
     ) -> None:
         super().__init__()
         if scale <= 0 or target_norm <= 0 or compactness < 0:
             raise ValueError(f"N2O scale {scale} and target_norm {target_norm} must be > 0, compactness >= 0")
-        if negative_term not in NEGATIVE_TERMS or negative_margin < 0:
-            raise ValueError(f"N2O negative_term {negative_term!r} / negative_margin {negative_margin} are invalid: "
-                             f"expected one of {', '.join(NEGATIVE_TERMS)} and a margin >= 0")
+        if negative_term not in NEGATIVE_TERMS or negative_margin < 0 or hinge_weight < 0:
+            raise ValueError(f"N2O negative_term {negative_term!r} / negative_margin {negative_margin} / hinge_weight "
+                             f"{hinge_weight} are invalid: expected one of {', '.join(NEGATIVE_TERMS)}, a margin >= 0 "
+                             "and a weight >= 0")
         self.scale, self.target_norm, self.compactness, self.eps = scale, target_norm, compactness, eps
         self.reduction = reduction
         self.negative_term, self.negative_margin = negative_term, float(negative_margin)
+        self.hinge_weight = float(hinge_weight)
 
     def forward(self, z: torch.Tensor, is_positive: torch.Tensor) -> torch.Tensor:
         z = z.float()  # the exp/log below are not safe in half precision
         positive = is_positive.bool()
         r2 = F.relu(z).pow(2).sum(dim=1) / self.scale**2
-        negative_term = negative_term_of(z, self.negative_term, self.scale, self.negative_margin)
+        negative_term = negative_term_of(z, self.negative_term, self.scale, self.negative_margin, self.hinge_weight)
         p_positive = (-torch.expm1(-r2)).clamp_min(self.eps)
         positive_term = -torch.log(p_positive) + self.compactness * _compactness(z, self.target_norm)
         return _reduce(torch.where(positive, positive_term, negative_term), self.reduction)
