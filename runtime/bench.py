@@ -43,6 +43,7 @@ class BenchConfig:
         tilings: ``tiled`` (``tile`` every ``stride``), ``card`` (the card's own: for a dense export its dense
             mosaic, as ``patchdet detect`` runs it) or ``dense`` (a dense export).
         tile: Tile side for ``tiled`` (None: the model input size). stride: step for ``tiled`` (None: ``tile``).
+        scales: Scales of the ``tiled`` grid (None: the card's; ``(1.0,)``: every tile once at frame scale).
         backends: Only these backends (None: every one that reads the artifact).
         threads: Inference threads for ours and the floor (None: each engine's default).
         repeats: Timed inference calls per row (at least 3 are made).
@@ -63,6 +64,7 @@ class BenchConfig:
     tilings: tuple[str, ...] = ("tiled", "card")
     tile: int | None = None
     stride: int | None = None
+    scales: tuple[float, ...] | None = None
     backends: tuple[str, ...] | None = None
     threads: int | None = None
     repeats: int = 30
@@ -85,6 +87,10 @@ class BenchConfig:
             raise ValueError(f"max-seconds {self.max_seconds!r} is invalid: expected a positive number")
         if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
             raise ValueError(f"tolerance {self.tolerance!r} is invalid: expected a fraction in [0, 1), e.g. 10%")
+        if self.scales is not None and (not self.scales or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                for v in self.scales)):
+            raise ValueError(f"scales {self.scales!r} are invalid: expected positive numbers, e.g. 1 or 1,0.5")
         for name in self.frames:
             frame_wh(name)
         if not self.frames or not self.tilings:
@@ -239,8 +245,9 @@ def _settings(artifact: Path, variant: Variant, tiling: str, cfg: BenchConfig, c
 
     if tiling == "tiled":
         tile = cfg.tile or int(card.input_wh[0])
+        scales = "" if cfg.scales is None else " x" + ",".join(f"{v:g}" for v in cfg.scales)
         return DetectorSettings(model=str(artifact), backend=variant.backend, threads=cfg.threads, tile=tile,
-                                stride=cfg.stride or tile), f"tiled {tile}/{cfg.stride or tile}"
+                                stride=cfg.stride or tile, scales=cfg.scales), f"tiled {tile}/{cfg.stride or tile}{scales}"
     # a dense export's own way of running (its card's tiling, as ``patchdet detect`` runs it) is the dense mosaic
     dense = tiling == "dense" or (tiling == "card" and bool(card.dense))
     label = "card (dense)" if tiling == "card" and dense else tiling

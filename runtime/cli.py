@@ -34,8 +34,9 @@ def _add_detector_args(group) -> None:
     group.add_argument("--card", metavar="JSON", help="use this model card instead of the artifact's own "
                        "(e.g. one written by patchdet calibrate)")
     group.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads (unset: the engine's default)")
-    group.add_argument("--tile", type=int, metavar="N", help="tile side in frame pixels, resized to the "
-                       "model input (unset: the card's tiling)")
+    group.add_argument("--tile", type=int, metavar="N", help="tile side in pixels of the frame scaled to the "
+                       "card's reference height (360 for the built-in model: --tile 32 is 96 px of a 1080p frame; "
+                       "frame pixels for cards without one), resized to the model input (unset: the card's tiling)")
     group.add_argument("--stride", type=int, metavar="N", help="step between tiles in pixels (default: --tile)")
     group.add_argument("--scales", metavar="S[,S...]", help="scales to tile the frame at, e.g. 1,0.5 (0.5 = tiles "
                        "twice as large; unset: the card's)")
@@ -227,8 +228,11 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
                         "(default 1080p)")
     parser.add_argument("--tilings", metavar="T[,T...]", default="tiled,card",
                         help="tiled (--tile every --stride), card (the card's own), dense (default tiled,card)")
-    parser.add_argument("--tile", type=_positive_int, metavar="N", help="tile side for 'tiled' (default: model input)")
+    parser.add_argument("--tile", type=_positive_int, metavar="N", help="tile side for 'tiled', in pixels at the "
+                        "card's reference height like detect --tile (default: model input)")
     parser.add_argument("--stride", type=_positive_int, metavar="N", help="stride for 'tiled' (default: --tile)")
+    parser.add_argument("--scales", metavar="S[,S...]", help="scales for 'tiled', e.g. 1 (every tile once at frame "
+                        "scale; default: the card's)")
     parser.add_argument("--backends", metavar="B[,B...]", help="only these backends (default: all that read the model)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="inference threads (default: engine's)")
     parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed calls per row (default 30)")
@@ -256,8 +260,12 @@ def run_bench(args: argparse.Namespace) -> int:
     def split(text: str | None) -> tuple[str, ...] | None:
         return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
 
+    try:
+        scales = None if args.scales is None else tuple(float(v) for v in split(args.scales))
+    except ValueError:
+        raise ValueError(f"scales {args.scales!r} are invalid: expected numbers, e.g. 1 or 1,0.5") from None
     cfg = BenchConfig(out=args.out, models=tuple(args.models), frames=split(args.frames) or (),
-                      tilings=split(args.tilings) or (), tile=args.tile, stride=args.stride,
+                      tilings=split(args.tilings) or (), tile=args.tile, stride=args.stride, scales=scales,
                       backends=split(args.backends), threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                       max_seconds=args.max_seconds, clip=args.clip, clip_frames=args.clip_frames,
                       labelled=args.labelled, labels=args.labels, floor=args.floor, motion_gate=args.motion_gate,

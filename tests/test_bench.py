@@ -149,6 +149,7 @@ def test_without_out_it_writes_a_new_timestamped_folder(tmp_path, model_and_clip
     (dict(frames=("16x16",)), "smaller than a 32x32 tile"),
     (dict(frames=("huge",)), "frame size 'huge' is invalid"),
     (dict(tilings=("diagonal",)), "tiling 'diagonal' is unknown"),
+    (dict(scales=(0.0,)), "scales \\(0.0,\\) are invalid"),
 ])
 def test_bad_inputs_raise_one_line_errors(tmp_path, model_and_clip, changes, message):
     model, clip = model_and_clip
@@ -209,3 +210,13 @@ def test_a_dense_exports_card_row_runs_it_dense_as_detect_does(tmp_path, model_a
     rows = _bench(tmp_path, [dense, model], clip, tilings=("card",), floor=False)["rows"]
     assert [r["tiling"] for r in rows] == ["card (dense)", "card"]
     assert rows[0]["status"] == "ok" and rows[0]["tiles"] == 7 * 5  # the dense score map, not explicit tiles
+
+
+def test_tiled_rows_at_chosen_scales(tmp_path, model_and_clip, capsys):
+    model, clip = model_and_clip
+    (one,) = _bench(tmp_path, [model], clip, scales=(1.0,), floor=False)["rows"]
+    (two,) = _bench(tmp_path, [model], clip, name="two", scales=(1.0, 0.5), floor=False)["rows"]
+    assert one["tiling"] == "tiled 32/32 x1" and one["tiles"] == 4 * 3
+    assert two["tiling"] == "tiled 32/32 x1,0.5" and two["tiles"] > one["tiles"]
+    assert main(["bench", str(model), "--out", str(tmp_path / "bad"), "--scales", "1,x"]) == 2
+    assert "scales '1,x' are invalid" in capsys.readouterr().err
