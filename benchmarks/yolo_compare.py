@@ -9,7 +9,8 @@ package never imports; without it the YOLO rows are skipped with a message. Inst
     pip install --no-deps ultralytics   # needs torch, torchvision, numpy, opencv, pyyaml, pillow, psutil, matplotlib
 
     nice -n 5 .venv/bin/python -m benchmarks.yolo_compare --out /tmp/yolo --models runtime/assets/discnn8_automobile.onnx
-    python -m benchmarks.yolo_compare --out /tmp/yolo --scales 1     # the built-in model, 240 tiles of 96x96
+    python -m benchmarks.yolo_compare --out /tmp/yolo --models runtime/assets/discnn8_car64.onnx --tile 32 --scales 1
+        # the built-in per-tile export on 240 tiles of 96x96 frame px (its card's tile sizes are at 360 px height)
 
 SAHI-style coverage: 640x640 slices every 512 px (SAHI's default 0.2 overlap) over 1920x1080 = 8 slices, run as
 one batch of 8 (kinder to YOLO than SAHI's one call per slice). Inference only, preprocessing excluded on both sides.
@@ -88,8 +89,9 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime", help="patchdet backend for .onnx models")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--scales", default=None,
-                        help="patchdet tiling scales, e.g. 1 (every 96x96 tile once: 240 tiles); default: the card's")
+    parser.add_argument("--tile", type=int, default=96,
+                        help="patchdet tile and stride (pixels at the card's reference height, as detect --tile)")
+    parser.add_argument("--scales", default=None, help="patchdet tiling scales, e.g. 1; default: the card's")
     args = parser.parse_args()
     scales = None if args.scales is None else tuple(float(v) for v in args.scales.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -106,10 +108,10 @@ def main() -> None:
     runs: dict[str, object] = {}
     for model in args.models or [str(builtin_model())]:
         backend = "openvino" if model.endswith(".xml") else args.backend
-        detector = load_detector(DetectorSettings(model=model, backend=backend, threads=args.threads, tile=96,
-                                                  stride=96, scales=scales), reuse_buffers=False)
+        detector = load_detector(DetectorSettings(model=model, backend=backend, threads=args.threads, tile=args.tile,
+                                                  stride=args.tile, scales=scales), reuse_buffers=False)
         batch = detector.preprocess(frame).batch
-        runs[f"patchdet {Path(model).name} {backend} 1080p 96/96 ({len(batch)} tiles)"] = \
+        runs[f"patchdet {Path(model).name} {backend} 1080p {args.tile}/{args.tile} ({len(batch)} tiles)"] = \
             lambda d=detector, b=batch: d.infer(b)
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_yolo11n(Path(tmp))
