@@ -246,8 +246,10 @@ def _settings(artifact: Path, variant: Variant, tiling: str, cfg: BenchConfig, c
     if tiling == "tiled":
         tile = cfg.tile or int(card.input_wh[0])
         scales = "" if cfg.scales is None else " x" + ",".join(f"{v:g}" for v in cfg.scales)
+        # a dense export scores every window of the tile's size at its own dense stride: --stride does not apply
+        label = f"dense windows {tile}{scales}" if card.dense else f"tiled {tile}/{cfg.stride or tile}{scales}"
         return DetectorSettings(model=str(artifact), backend=variant.backend, threads=cfg.threads, tile=tile,
-                                stride=cfg.stride or tile, scales=cfg.scales), f"tiled {tile}/{cfg.stride or tile}{scales}"
+                                stride=cfg.stride or tile, scales=cfg.scales), label
     # a dense export's own way of running (its card's tiling, as ``patchdet detect`` runs it) is the dense mosaic
     dense = tiling == "dense" or (tiling == "card" and bool(card.dense))
     label = "card (dense)" if tiling == "card" and dense else tiling

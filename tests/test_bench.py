@@ -207,8 +207,11 @@ def test_dense_rows(tmp_path, model_and_clip):
 def test_a_dense_exports_card_row_runs_it_dense_as_detect_does(tmp_path, model_and_clip):
     model, clip = model_and_clip
     dense = write_model(tmp_path / "d.onnx", "dense")
-    rows = _bench(tmp_path, [dense, model], clip, tilings=("card",), floor=False)["rows"]
-    assert [r["tiling"] for r in rows] == ["card (dense)", "card"]
+    rows = _bench(tmp_path, [dense, model], clip, tilings=("card", "tiled"), floor=False)["rows"]
+    by_tiling = {(r["artifact"], r["tiling"]) for r in rows}
+    assert by_tiling == {("d.onnx", "card (dense)"), ("d.onnx", "dense windows 32"), ("m.onnx", "card"),
+                         ("m.onnx", "tiled 32/32")}
+    rows = [r for r in rows if r["tiling"].startswith("card")]
     assert rows[0]["status"] == "ok" and rows[0]["tiles"] == 7 * 5  # the dense score map, not explicit tiles
 
 
