@@ -89,6 +89,12 @@ class Detections:
         }
 
 
+def box_area(xyxy: np.ndarray) -> np.ndarray:
+    """float64 [..., ] areas of xyxy boxes [..., 4]."""
+    xyxy = np.asarray(xyxy, dtype=np.float64)
+    return (xyxy[..., 2] - xyxy[..., 0]) * (xyxy[..., 3] - xyxy[..., 1])
+
+
 def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     """Pairwise IoU.
 
@@ -104,9 +110,7 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
+    union = box_area(a) + box_area(b) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
 
 
@@ -210,7 +214,7 @@ def nested_fraction(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     b = np.asarray(b_xyxy, dtype=np.float64)[None, :, :]
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    smaller = np.minimum((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]), (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]))
+    smaller = np.minimum(box_area(a), box_area(b))
     return np.where(smaller > 0, iw * ih / np.where(smaller > 0, smaller, 1), 0)
 
 
@@ -247,11 +251,6 @@ def _nms_drop_nested(dets: Detections, iou_threshold: float) -> Detections:
     return dets[np.asarray(final, dtype=np.int64)]
 
 
-def _box_area(xyxy: np.ndarray) -> np.ndarray:
-    xyxy = np.asarray(xyxy, dtype=np.float64)
-    return (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-
-
 def grow_to_enclosing(kept: Detections, windows: Detections) -> Detections:
     """Each kept box replaced by the largest window of its class that holds it (``NESTED_FRACTION`` of it inside),
     is at least ``ENCLOSING_MIN_AREA_RATIO`` times its area and scores at least ``ENCLOSING_SCORE_RATIO`` of its
@@ -259,7 +258,7 @@ def grow_to_enclosing(kept: Detections, windows: Detections) -> Detections:
     if len(kept) == 0 or len(windows) == 0:
         return kept
     inside = nested_fraction(kept.xyxy, windows.xyxy)  # [K, N]: intersection / the smaller (the kept) box
-    kept_area, window_area = _box_area(kept.xyxy), _box_area(windows.xyxy)
+    kept_area, window_area = box_area(kept.xyxy), box_area(windows.xyxy)
     candidate = ((inside >= NESTED_FRACTION)
                  & (window_area[None, :] >= ENCLOSING_MIN_AREA_RATIO * kept_area[:, None])
                  & (windows.score[None, :] >= ENCLOSING_SCORE_RATIO * kept.score[:, None])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from patchdet.runtime.detections import Detections
+from patchdet.runtime.detections import Detections, nested_fraction
 from patchdet.runtime.service_config import EventConfig
 
 
@@ -73,12 +73,7 @@ class _Track:
 
 def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection of boxes ``a`` and ``b`` (xyxy) over the smaller one's area: 1.0 when one holds the other."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return float(w * h / smaller) if smaller > 0 else 0.0
+    return float(nested_fraction(np.asarray(a)[None], np.asarray(b)[None])[0, 0])
 
 
 class EventTracker:

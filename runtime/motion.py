@@ -22,7 +22,8 @@ stale. Per mosaic level, the stale windows are grouped into rectangles
 around it as context, packed into a canvas as wide as the mosaic and a few
 eighths of its height (``runtime.tiling.skyline_pack``) and scored in one
 call; the windows of each rectangle are written into the cached score map.
-When the cuts need most of the mosaic, the whole mosaic is scored instead. ``gate_detector`` picks the wrapper for a detector.
+When the cuts need most of the mosaic, the whole mosaic is scored instead.
+``gate_detector`` picks the wrapper for a detector.
 """
 
 from __future__ import annotations
@@ -202,7 +203,6 @@ class MotionGatedDetector(_GatedDetector):
         return self.detector.decide(self._cache, prepared)
 
 
-
 @dataclass
 class DensePrepared(Prepared):
     """A dense frame for the gate: ``batch`` is the whole canvas (``regions`` None) or the small canvas of cuts.
@@ -338,7 +338,6 @@ class DenseMotionGatedDetector(_GatedDetector):
         self.tiles_scored += prepared.cells
         self.tiles_seen += map_hw[0] * map_hw[1]
         return self.detector.decide(self._cache, prepared)
-
 
 
 def gate_detector(detector: Any, gate: MotionGate | None = None) -> MotionGatedDetector | DenseMotionGatedDetector:
