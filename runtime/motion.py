@@ -51,6 +51,12 @@ JOIN_CELLS = 1
 HEIGHT_STEPS = 8
 MAX_SHARE = 0.75
 
+# Defaults of every motion gate (``patchdet detect --motion-gate``, serve's ``motion_gate``): the mean grey-level
+# change of a block that makes its tiles stale, and how many frames pass before everything is scored again.
+MOTION_THRESHOLD = 3.0
+MOTION_REFRESH = 50
+
+
 class MotionGate:
     """Which tiles changed since they were last scored.
 
@@ -59,7 +65,7 @@ class MotionGate:
         refresh_every: Re-score every tile every this many frames (bounds how stale a score can get).
     """
 
-    def __init__(self, threshold: float = 3.0, refresh_every: int = 50) -> None:
+    def __init__(self, threshold: float = MOTION_THRESHOLD, refresh_every: int = MOTION_REFRESH) -> None:
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 255):
             raise ValueError(f"motion threshold {threshold!r} is invalid: expected grey levels in [0, 255)")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:

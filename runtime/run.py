@@ -24,6 +24,7 @@ from typing import Any
 from patchdet.runtime.atomic import atomic_write_json, check_replaceable
 from patchdet.runtime.builtin import builtin_clip
 from patchdet.runtime.loop import IO_NICE, Pipeline, opencv_threads
+from patchdet.runtime.motion import MOTION_REFRESH, MOTION_THRESHOLD
 from patchdet.runtime.settings import DetectorSettings, check_positive_ints, load_detector
 from patchdet.runtime.sinks import (
     CropSink,
@@ -87,8 +88,8 @@ class DetectConfig(DetectorSettings):
     queue_size: int = 4
     io_nice: int = IO_NICE
     motion_gate: bool = False
-    motion_threshold: float = 3.0
-    motion_refresh: int = 50
+    motion_threshold: float = MOTION_THRESHOLD
+    motion_refresh: int = MOTION_REFRESH
 
     def __post_init__(self) -> None:
         super().__post_init__()

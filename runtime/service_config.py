@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchdet.runtime.config import build_config, load_yaml_mapping
+from patchdet.runtime.motion import MOTION_REFRESH, MOTION_THRESHOLD, MotionGate
 from patchdet.runtime.settings import DetectorSettings
 
 Polygon = tuple[tuple[float, float], ...]
@@ -62,8 +63,8 @@ class CameraConfig:
     max_fps: float | None = None
     vid_stride: int = 1
     motion_gate: bool = False
-    motion_threshold: float = 3.0
-    motion_refresh: int = 50
+    motion_threshold: float = MOTION_THRESHOLD
+    motion_refresh: int = MOTION_REFRESH
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,6 @@ def check_site(site: SiteConfig) -> None:
         if camera.max_fps is not None and not camera.max_fps > 0:
             raise ValueError(f"camera {camera.name!r} max_fps {camera.max_fps!r} is invalid: expected > 0")
         if camera.motion_gate:
-            from patchdet.runtime.motion import MotionGate
-
             try:
                 MotionGate(camera.motion_threshold, camera.motion_refresh)
             except ValueError as exc:
