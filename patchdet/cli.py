@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). The module defines configure_<name> and run_<name>.
+# name -> (module, one-line help). The module defines configure_<name> and run_<name> ('-' in a name is '_').
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("patchdet.training.cli", "train a patch classifier (DisCNN with N2O loss, POD, softmax)"),
     "evaluate": ("patchdet.training.cli", "evaluate a checkpoint or artifact on an image folder, or a detector on "
@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graft": ("patchdet.training.cli", "Algorithm 1: graft a DisCNN's frozen conv layers onto a 2-way softmax head"),
     "adapt": ("patchdet.training.cli", "fine-tune a DisCNN's head on a fixed camera's background plates (hard "
               "negatives)"),
+    "fold-origin": ("patchdet.training.cli", "land a DisCNN's near-origin negatives exactly on the origin (last-layer "
+                    "fold fitted on the run's validation split)"),
     "export": ("patchdet.export.cli", "export checkpoints to ONNX / ONNX INT8 / OpenVINO / TensorRT with model cards"),
     "detect": ("patchdet.runtime.cli", "detect objects in images, video files and camera streams (no torch needed)"),
     "calibrate": ("patchdet.runtime.cli", "choose a detection threshold from background footage or a labelled folder"),
@@ -86,8 +88,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         _add_global_flags(sub_parser, argparse.SUPPRESS)
         if name == command:  # only the chosen command's module is imported
             module = _command_module(name)
-            getattr(module, f"configure_{name}")(sub_parser)
-            help_defaults = getattr(module, f"help_defaults_{name}", None)
+            getattr(module, f"configure_{name.replace('-', '_')}")(sub_parser)
+            help_defaults = getattr(module, f"help_defaults_{name.replace('-', '_')}", None)
             if help_defaults is not None:
                 _attach_defaults(sub_parser, help_defaults())
     return parser
@@ -113,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     stop_on_termination_signals()
     try:
-        return int(getattr(_command_module(args.command), f"run_{args.command}")(args) or 0)
+        return int(getattr(_command_module(args.command), f"run_{args.command.replace('-', '_')}")(args) or 0)
     except KeyboardInterrupt:
         print(f"patchdet {args.command}: interrupted", file=sys.stderr)
         return 130

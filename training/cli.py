@@ -300,3 +300,36 @@ def run_adapt(args: argparse.Namespace) -> int:
           f"{before['card']['heldout_car_recall']} -> {after['card']['heldout_car_recall']}; wrote "
           f"{Path(args.out) / 'best.pt'}")
     return 0
+
+
+# -- fold-origin ---------------------------------------------------------------------
+
+
+def configure_fold_origin(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "After training: lower the last FC layer's pre-activations of an N2O DisCNN by a margin, so that a chosen "
+        "share of the run's validation negatives lands exactly on the origin (the paper's threshold-0 rule), and "
+        "rescale it so that the checkpoint's threshold keeps its best validation F1. Fitted on the run's own "
+        "validation split; writes an ordinary checkpoint."
+    )
+    parser.epilog = ("Example: patchdet fold-origin models/discnn8_automobile.pt --target 0.9 --out runs/car_folded && "
+                     "patchdet evaluate runs/car_folded --data ../shared/data/cifar10/test --thresholds 0,1")
+    parser.add_argument("model", help="DisCNN checkpoint trained with an N2O loss, or its run folder")
+    parser.add_argument("--out", required=True, help="folder for best.pt (the folded checkpoint) and fold.json")
+    parser.add_argument("--target", type=float, default=0.9,
+                        help="share of the validation negatives to land exactly on the origin")
+    parser.add_argument("--data", help="the run's training data (default: the path in the checkpoint)")
+
+
+def run_fold_origin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from patchdet.training.origin_fold import FoldConfig, fold_origin
+
+    report = fold_origin(FoldConfig(checkpoint=args.model, out=args.out, target=args.target, data=args.data))
+    before, after, fit = report["before"], report["after"], report["fit"]
+    print(f"folded delta {fit['delta']:.4g}, alpha {fit['alpha']:.4g}: validation negatives at the origin "
+          f"{before['negatives_at_origin']:.3f} -> {after['negatives_at_origin']:.3f}, mean F1 at threshold "
+          f"{fit['threshold']:g} {before['mean_f1_at_threshold']:.4f} -> {after['mean_f1_at_threshold']:.4f}; wrote "
+          f"{Path(args.out) / 'best.pt'}")
+    return 0

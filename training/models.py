@@ -140,6 +140,21 @@ def discnn1(input_size: int = 96, head: str = "modulus", num_classes: int | None
                    latent_dim)
 
 
+@register_model("discnn64")
+def discnn64(input_size: int = 96, head: str = "modulus", num_classes: int | None = None,
+             latent_dim: int | None = None, **kwargs: Any) -> nn.Module:
+    """DisCNN-64: DisCNN-8's blocks and FC widths with conv channels (32, 32, 64, 64), widening with depth.
+
+    Named like the paper's variants (DisCNN-N: N channels in the last conv layer). DisCNN-8 narrows
+    from 64 to 8 channels, so its deep layers (what tells a car from asphalt) hold few features;
+    this order gives them 8x more while its frame-level cost stays at or below DisCNN-8's: the
+    full-resolution first conv, which dominates a dense frame, has half the channels
+    (``benchmarks/results/real_car_models.md``).
+    """
+    return _discnn(DisCNN((32, 32, 64, 64), (288, 128, 16), input_size=input_size, **kwargs), head, num_classes,
+                   latent_dim)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
