@@ -120,7 +120,7 @@ def main() -> int:
         request = compiled.create_infer_request()
         rows.append({"variant": variant, "f1": f1(score),
                      "agreement": float(np.mean((score > args.threshold) == (reference > args.threshold))),
-                     "p50_ms": median_ms(lambda: request.infer({0: batch}))})
+                     "p50_ms": median_ms(lambda request=request: request.infer({0: batch}))})
     for row in rows:
         print(f"{row['variant']:40s} F1 {row['f1']:.3f}  agreement {row['agreement']:.3f}  p50 {row['p50_ms']:.1f} ms")
     if args.out:
