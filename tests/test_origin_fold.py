@@ -96,3 +96,18 @@ def test_fold_origin_refuses_bad_input(tmp_path, run, capsys):  # noqa: F811
     assert main(["fold-origin", str(tmp_path / "pod.pt"), "--out", str(tmp_path / "b")]) == 2
     assert "not a DisCNN trained with an N2O loss" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fold_origin_keeps_earlier_results_and_drops_a_stale_operating_threshold(tmp_path, run, capsys):  # noqa: F811
+    payload = load_checkpoint(run)
+    payload["threshold"], payload["thresholds"] = 3.0, {"training": 1.0, "card": 3.0}
+    save_checkpoint(payload, tmp_path / "shipped.pt")
+    out = tmp_path / "folded"
+    assert main(["fold-origin", str(tmp_path / "shipped.pt"), "--out", str(out)]) == 0
+    folded = load_checkpoint(out / "best.pt")
+    assert folded["threshold"] == 1.0 and folded["thresholds"] == {"training": 1.0}  # 3 meant the unfolded scores
+    first = (out / "best.pt").read_bytes()
+    assert main(["fold-origin", str(run), "--target", "0.8", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "best.pt").read_bytes() == first
+    assert main(["fold-origin", str(run), "--target", "0.8", "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "fold.json").read_text())["fit"]["target"] == 0.8

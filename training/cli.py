@@ -319,6 +319,7 @@ def configure_fold_origin(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=0.9,
                         help="share of the validation negatives to land exactly on the origin")
     parser.add_argument("--data", help="the run's training data (default: the path in the checkpoint)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier fold's best.pt and fold.json in --out")
 
 
 def run_fold_origin(args: argparse.Namespace) -> int:
@@ -326,7 +327,8 @@ def run_fold_origin(args: argparse.Namespace) -> int:
 
     from patchdet.training.origin_fold import FoldConfig, fold_origin
 
-    report = fold_origin(FoldConfig(checkpoint=args.model, out=args.out, target=args.target, data=args.data))
+    report = fold_origin(FoldConfig(checkpoint=args.model, out=args.out, target=args.target, data=args.data,
+                                     force=args.force))
     before, after, fit = report["before"], report["after"], report["fit"]
     print(f"folded delta {fit['delta']:.4g}, alpha {fit['alpha']:.4g}: validation negatives at the origin "
           f"{before['negatives_at_origin']:.3f} -> {after['negatives_at_origin']:.3f}, mean F1 at threshold "

@@ -58,12 +58,14 @@ class FoldConfig:
         out: Folder for ``best.pt`` (the folded checkpoint) and ``fold.json``.
         target: Share of the validation negatives to land exactly on the origin, in (0, 1).
         data: The run's training data (``None``: the path in the checkpoint's config).
+        force: Replace ``best.pt`` / ``fold.json`` of an earlier fold in ``out``.
     """
 
     checkpoint: str
     out: str
     target: float = 0.9
     data: str | None = None
+    force: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
@@ -160,7 +162,8 @@ def fold_origin(cfg: FoldConfig) -> dict[str, Any]:
     """Fit and fold the origin margin into ``cfg.checkpoint``; writes ``out/best.pt`` and ``out/fold.json``."""
     out = Path(cfg.out)
     for name in ("best.pt", "fold.json"):
-        check_replaceable(out / name)
+        if check_replaceable(out / name).exists() and not cfg.force:
+            raise FileExistsError(f"{out / name} already exists: choose another --out or pass --force")
     payload = load_checkpoint(cfg.checkpoint)
     if payload.get("head") != "modulus" or not str(payload["config"].get("loss", "")).startswith("n2o"):
         raise ValueError(f"checkpoint {cfg.checkpoint} is not a DisCNN trained with an N2O loss: fold-origin moves "
@@ -195,6 +198,12 @@ def fold_origin(cfg: FoldConfig) -> dict[str, Any]:
            "validation": {"positives": int(is_positive.sum()), "negatives": int((~is_positive).sum())},
            "from_checkpoint": str(cfg.checkpoint)}
     folded["training"] = {**payload.get("training", {}), "origin_fold": fit}
+    if float(payload["threshold"]) != threshold or set(payload.get("thresholds") or {}) - {"training"}:
+        # alpha maps only the training threshold; an operating threshold chosen on the old scores means nothing now
+        log.warning("the checkpoint's operating threshold %g was chosen for the unfolded scores: the folded "
+                    "checkpoint keeps only the training threshold %g; recalibrate it (patchdet calibrate)",
+                    float(payload["threshold"]), threshold)
+        folded["threshold"], folded["thresholds"] = threshold, {"training": threshold}
     report = {"config": dataclasses.asdict(cfg), "fit": fit, "before": before, "after": after}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folded, out / "best.pt")
