@@ -55,6 +55,11 @@ def test_adapt_trains_only_the_head_and_reports_before_and_after(tmp_path, run):
     assert after["training"]["adapted"]["plates"] == 2 and "optimizer" not in after
     report = json.loads((out / "adapt.json").read_text())
     assert report["plate_tiles"] > 0 and {"plate_max_score", "training", "card"} <= set(report["after"])
+    # a second run into the same folder keeps the first unless --force
+    first = (out / "best.pt").read_bytes()
+    assert main(["adapt", str(run), "--video", str(video), "--out", str(out), "--card", str(card),
+                 "--steps", "1", "--plates", "1"]) == 2
+    assert (out / "best.pt").read_bytes() == first
 
 
 def test_adapt_refuses_footage_without_a_stable_plate(tmp_path, run):

@@ -61,6 +61,7 @@ class AdaptConfig:
         lr: Learning rate (AdamW) of the head.
         samples_per_class: Training images per class loaded for the mix (sub-sampled, seeded).
         seed: Seed of sampling and synthesis.
+        force: Replace ``best.pt`` / ``adapt.json`` of an earlier run in ``out``.
     """
 
     checkpoint: str
@@ -75,6 +76,7 @@ class AdaptConfig:
     lr: float = 1e-3
     samples_per_class: int = 2000
     seed: int = 0
+    force: bool = False
 
     def __post_init__(self) -> None:
         for name in ("plates", "steps", "batch_size", "samples_per_class"):
@@ -133,7 +135,8 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     """Fine-tune the head on the camera's plate tiles; writes ``out/best.pt`` and ``out/adapt.json``."""
     out = Path(cfg.out)
     for name in ("best.pt", "adapt.json"):
-        check_replaceable(out / name)
+        if check_replaceable(out / name).exists() and not cfg.force:
+            raise FileExistsError(f"{out / name} already exists: choose another --out or pass --force")
     payload = load_checkpoint(cfg.checkpoint)
     if payload.get("head") != "modulus" or payload["config"].get("loss") not in ("n2o",):
         raise ValueError(f"checkpoint {cfg.checkpoint} is not a DisCNN trained with the N2O loss: adapt fine-tunes "

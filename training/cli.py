@@ -284,6 +284,7 @@ def configure_adapt(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plate-share", type=float, default=0.25, help="share of each batch from plate tiles")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (AdamW)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and synthesis")
+    parser.add_argument("--force", action="store_true", help="replace an earlier run's best.pt and adapt.json in --out")
 
 
 def run_adapt(args: argparse.Namespace) -> int:
@@ -292,7 +293,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     from patchdet.training.adapt import AdaptConfig, adapt
 
     cfg = AdaptConfig(checkpoint=args.model, video=args.video, out=args.out, card=args.card, data=args.data,
-                      plates=args.plates, steps=args.steps, plate_share=args.plate_share, lr=args.lr, seed=args.seed)
+                      plates=args.plates, steps=args.steps, plate_share=args.plate_share, lr=args.lr, seed=args.seed,
+                      force=args.force)
     report = adapt(cfg)
     before, after = report["before"], report["after"]
     print(f"adapted {report['plate_tiles']} plate tiles: plate max score {before['plate_max_score']} -> "
