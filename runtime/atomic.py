@@ -26,6 +26,13 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def check_new_outputs(folder: str | os.PathLike[str], names: tuple[str, ...], force: bool) -> None:
+    """Refuse to replace an earlier run's results in ``folder`` unless ``force`` (then each must be replaceable)."""
+    for name in names:
+        if check_replaceable(Path(folder) / name).exists() and not force:
+            raise FileExistsError(f"{Path(folder) / name} already exists: choose another --out or pass --force")
+
+
 def check_replaceable(path: str | os.PathLike[str]) -> Path:
     """``path`` if it is absent or a regular file; an ``OSError`` for a device, symlink, folder or pipe.
 

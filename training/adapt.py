@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from patchdet.runtime.atomic import atomic_write_json, check_replaceable
+from patchdet.runtime.atomic import atomic_write_json, check_new_outputs
 from patchdet.runtime.camera_fit import background_plate, read_fixed_camera
 from patchdet.runtime.card import read_artifact_card, read_card
 from patchdet.runtime.config import build_config
@@ -134,9 +134,7 @@ def _measure(model, plate: torch.Tensor, heldout: ImageSet, mean, std, threshold
 def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     """Fine-tune the head on the camera's plate tiles; writes ``out/best.pt`` and ``out/adapt.json``."""
     out = Path(cfg.out)
-    for name in ("best.pt", "adapt.json"):
-        if check_replaceable(out / name).exists() and not cfg.force:
-            raise FileExistsError(f"{out / name} already exists: choose another --out or pass --force")
+    check_new_outputs(out, ("best.pt", "adapt.json"), cfg.force)
     payload = load_checkpoint(cfg.checkpoint)
     if payload.get("head") != "modulus" or payload["config"].get("loss") not in ("n2o",):
         raise ValueError(f"checkpoint {cfg.checkpoint} is not a DisCNN trained with the N2O loss: adapt fine-tunes "

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from patchdet.runtime.atomic import atomic_write_json, check_replaceable
+from patchdet.runtime.atomic import atomic_write_json, check_new_outputs
 from patchdet.runtime.config import build_config
 from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from patchdet.training.config import TrainConfig
@@ -161,9 +161,7 @@ def fit_fold(z: np.ndarray, is_positive: np.ndarray, target: float, threshold: f
 def fold_origin(cfg: FoldConfig) -> dict[str, Any]:
     """Fit and fold the origin margin into ``cfg.checkpoint``; writes ``out/best.pt`` and ``out/fold.json``."""
     out = Path(cfg.out)
-    for name in ("best.pt", "fold.json"):
-        if check_replaceable(out / name).exists() and not cfg.force:
-            raise FileExistsError(f"{out / name} already exists: choose another --out or pass --force")
+    check_new_outputs(out, ("best.pt", "fold.json"), cfg.force)
     payload = load_checkpoint(cfg.checkpoint)
     if payload.get("head") != "modulus" or not str(payload["config"].get("loss", "")).startswith("n2o"):
         raise ValueError(f"checkpoint {cfg.checkpoint} is not a DisCNN trained with an N2O loss: fold-origin moves "
