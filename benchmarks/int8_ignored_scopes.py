@@ -59,6 +59,7 @@ def main() -> int:
 
     from patchdet.export.openvino import head_op_names
     from patchdet.runtime.card import read_artifact_card
+    from patchdet.runtime.metrics import binary_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="per-tile ONNX export with its card")
@@ -89,8 +90,7 @@ def main() -> int:
         return np.asarray(compiled(inputs)[compiled.output("score")]).reshape(-1)
 
     def f1(score: np.ndarray) -> float:
-        predicted = score > args.threshold
-        return float(2 * np.sum(predicted & is_positive) / (predicted.sum() + is_positive.sum()))
+        return float(binary_report(score, is_positive, args.threshold)["positive"]["f1"])
 
     fp32 = core.compile_model(model, "CPU", config)
     reference = scores(fp32)

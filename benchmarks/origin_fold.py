@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from patchdet.runtime.atomic import atomic_write_json, atomic_write_text
+from patchdet.runtime.metrics import precision_recall_f1
 
 NEGATIVES = ("bird", "cat")
 UNSEEN_NEGATIVES = ("deer", "frog", "horse")
@@ -37,10 +38,6 @@ def evaluate(model: str, data: str, out: Path) -> dict[str, Any]:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def _f1(tp: float, fp: float, fn: float) -> float:
-    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
-
-
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     """The columns of one row from a ``patchdet evaluate`` report."""
     by_threshold = {row["threshold"]: row for row in report["thresholds"]}
@@ -56,7 +53,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "negatives_at_origin": round(sum(at_origin[c] * counts[c] for c in NEGATIVES)
                                      / sum(counts[c] for c in NEGATIVES), 4),
         "at_origin": at_origin,
-        "unseen_f1_at_1": [round(_f1(truck_tp, unseen_fp, truck_fn), 4), round(_f1(unseen_tn, truck_fn, unseen_fp), 4)],
+        "unseen_f1_at_1": [round(precision_recall_f1(truck_tp, unseen_fp, truck_fn)["f1"], 4),
+                           round(precision_recall_f1(unseen_tn, truck_fn, unseen_fp)["f1"], 4)],
         "unseen_negatives_at_origin": round(sum(at_origin[c] * counts[c] for c in UNSEEN_NEGATIVES)
                                             / sum(counts[c] for c in UNSEEN_NEGATIVES), 4),
     }

@@ -38,6 +38,7 @@ from torch import nn
 
 from patchdet.runtime.atomic import atomic_write_json, check_new_outputs
 from patchdet.runtime.config import build_config
+from patchdet.runtime.metrics import binary_report, fraction_at_origin
 from patchdet.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from patchdet.training.config import TrainConfig
 from patchdet.training.data import ImageSet, normalize_on_device
@@ -87,12 +88,8 @@ def shifted_modulus(z: np.ndarray, delta: float) -> np.ndarray:
 
 def mean_f1(scores: np.ndarray, is_positive: np.ndarray, threshold: float) -> float:
     """Mean of the positive and the negative F1 of ``score > threshold``."""
-    predicted = scores > threshold
-    tp = np.sum(predicted & is_positive)
-    tn = np.sum(~predicted & ~is_positive)
-    f1_pos = 2 * tp / max(predicted.sum() + is_positive.sum(), 1)
-    f1_neg = 2 * tn / max((~predicted).sum() + (~is_positive).sum(), 1)
-    return float((f1_pos + f1_neg) / 2)
+    report = binary_report(scores, is_positive, threshold)
+    return float((report["positive"]["f1"] + report["negative"]["f1"]) / 2)
 
 
 def best_threshold(scores: np.ndarray, is_positive: np.ndarray, tolerance: float = 0.001) -> float:
@@ -144,8 +141,8 @@ def pre_activations(model: nn.Module, images: ImageSet, mean: list[float], std: 
 
 
 def _metrics(scores: np.ndarray, is_positive: np.ndarray, threshold: float) -> dict[str, float]:
-    return {"negatives_at_origin": round(float(np.mean(scores[~is_positive] == 0)), 4),
-            "positives_at_origin": round(float(np.mean(scores[is_positive] == 0)), 4),
+    return {"negatives_at_origin": round(fraction_at_origin(scores[~is_positive]), 4),
+            "positives_at_origin": round(fraction_at_origin(scores[is_positive]), 4),
             "mean_f1_at_threshold": round(mean_f1(scores, is_positive, threshold), 4),
             "mean_f1_at_0": round(mean_f1(scores, is_positive, 0.0), 4),
             "median_positive_modulus": round(float(np.median(scores[is_positive])), 4)}
